@@ -1,0 +1,616 @@
+//! Every link, dedupe and conflict decision, in one place.
+//!
+//! The engine converges one name at a time: given a complete file (the
+//! origin) in one host, every host in scope ends up with that very inode
+//! under that name, unless it holds different bytes under the name (a
+//! conflict, left untouched). The record is written only after the links
+//! exist (and their directories are fsynced), so a crash at any instant
+//! leaves work that the next start-up finishes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime};
+
+use nix::errno::Errno;
+
+use crate::error::{FileError, Result};
+use crate::fsops::{self, FileStat};
+use crate::layout::Layout;
+use crate::names::{self, NameFilter};
+use crate::state::{Conflict, Store};
+
+/// Running totals, for logs and `sync`'s summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub linked: u64,
+    pub merged: u64,
+    pub conflicts: u64,
+    pub failed: u64,
+}
+
+/// What became of one arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// Not a candidate (wrong type, setuid/setgid, ignored name).
+    Skipped(&'static str),
+    /// Gone before it could be looked at.
+    Gone,
+    /// This generation was distributed before: nothing to do (prunes stay).
+    Known,
+    /// Distributed now.
+    Distributed,
+}
+
+/// One host dir that could not be brought in line this time.
+#[derive(Debug)]
+struct Failure {
+    host: usize,
+    err: FileError,
+}
+
+/// A file found by a scan that is too young to call complete.
+#[derive(Debug, Clone)]
+pub struct Young {
+    pub host: usize,
+    pub name: OsString,
+    pub stat: FileStat,
+}
+
+pub struct Engine {
+    pub layout: Layout,
+    pub filter: NameFilter,
+    pub store: Store,
+    pub dedupe: bool,
+    pub counters: Counters,
+    touched: BTreeSet<usize>,
+    seq: u64,
+}
+
+/// Why a file is never a candidate, judged from its `statx`.
+pub fn ineligible(st: &FileStat) -> Option<&'static str> {
+    if !st.is_regular() {
+        Some(st.kind())
+    } else if st.is_setid() {
+        Some("setuid/setgid file")
+    } else {
+        None
+    }
+}
+
+fn age(st: &FileStat, now: SystemTime) -> Duration {
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(st.mtime_ns.max(0) as u64);
+    now.duration_since(mtime).unwrap_or(Duration::ZERO)
+}
+
+/// Whether a file found by a scan counts as complete: its mtime is already
+/// older than the settle time.
+pub fn old_enough(st: &FileStat, now: SystemTime, settle: Duration) -> bool {
+    age(st, now) >= settle
+}
+
+impl Engine {
+    pub fn new(layout: Layout, filter: NameFilter, store: Store, dedupe: bool) -> Engine {
+        Engine {
+            layout,
+            filter,
+            store,
+            dedupe,
+            counters: Counters::default(),
+            touched: BTreeSet::new(),
+            seq: 0,
+        }
+    }
+
+    fn ferr(&self, host: usize, name: &OsStr, what: &'static str, errno: Errno) -> FileError {
+        FileError::new(&self.layout.hosts[host].path, &name.to_os_string(), what, errno)
+    }
+
+    /// A file completed in `host` (renamed in, or written and settled).
+    pub fn arrive(&mut self, host: usize, name: &OsStr) -> std::result::Result<Arrival, FileError> {
+        if !self.filter.is_candidate(name) {
+            return Ok(Arrival::Skipped("ignored name"));
+        }
+        let st = match fsops::stat_at(self.layout.hosts[host].fd(), name) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(Arrival::Gone),
+            Err(e) => return Err(self.ferr(host, name, "stat", e)),
+        };
+        if let Some(why) = ineligible(&st) {
+            return Ok(Arrival::Skipped(why));
+        }
+        if self.store.is_known(name, st.id()) {
+            return Ok(Arrival::Known);
+        }
+        let scope: Vec<usize> = (0..self.layout.hosts.len()).filter(|&h| h != host).collect();
+        self.converge(name, host, st, &scope, true)?;
+        Ok(Arrival::Distributed)
+    }
+
+    /// Brings every host in `scope` in line with the file `expect` held by
+    /// `origin`, then records it. Returns the hosts that failed (they are
+    /// owed the link and retried later).
+    fn converge(
+        &mut self,
+        name: &OsStr,
+        origin: usize,
+        expect: FileStat,
+        scope: &[usize],
+        may_switch_winner: bool,
+    ) -> std::result::Result<Vec<usize>, FileError> {
+        let ofd = fsops::open_path_at(self.layout.hosts[origin].fd(), name)
+            .map_err(|e| self.ferr(origin, name, "open", e))?;
+        let ost = fsops::stat_fd(ofd.as_fd()).map_err(|e| self.ferr(origin, name, "stat", e))?;
+        if ost.ino != expect.ino || ost.dev != expect.dev || ineligible(&ost).is_some() {
+            return Err(self.ferr(origin, name, "changed while being looked at", Errno::ESTALE));
+        }
+
+        // Survey the hosts in scope.
+        let mut lacking = Vec::new();
+        let mut holders = vec![origin];
+        let mut identical: Vec<(usize, FileStat)> = Vec::new();
+        let mut different: Vec<(usize, FileStat)> = Vec::new();
+        let mut failures: Vec<Failure> = Vec::new();
+        let mut verdicts: HashMap<u64, bool> = HashMap::new();
+        for &h in scope {
+            if h == origin {
+                continue;
+            }
+            match fsops::stat_at(self.layout.hosts[h].fd(), name) {
+                Ok(s) if s.ino == ost.ino && s.dev == ost.dev => holders.push(h),
+                Ok(s) if !s.is_regular() || s.size != ost.size => different.push((h, s)),
+                Ok(s) => {
+                    let v = match verdicts.get(&s.ino) {
+                        Some(v) => Ok(*v),
+                        None => self.same_content(name, origin, &ost, h, &s),
+                    };
+                    match v {
+                        Ok(true) => identical.push((h, s)),
+                        Ok(false) => different.push((h, s)),
+                        Err(err) => {
+                            failures.push(Failure { host: h, err });
+                            continue;
+                        }
+                    }
+                    if let Ok(v) = v {
+                        verdicts.insert(s.ino, v);
+                    }
+                }
+                Err(Errno::ENOENT) => lacking.push(h),
+                Err(e) => failures.push(Failure {
+                    host: h,
+                    err: self.ferr(h, name, "stat", e),
+                }),
+            }
+        }
+
+        // Choose the inode that survives: the one with the most links.
+        let mut winner: (usize, OwnedFd, FileStat) = (origin, ofd, ost);
+        if self.dedupe && may_switch_winner {
+            if let Some((h, s)) = identical.iter().max_by_key(|(_, s)| s.nlink)
+                && s.nlink > ost.nlink
+                && let Ok(fd) = fsops::open_path_at(self.layout.hosts[*h].fd(), name)
+                && fsops::stat_fd(fd.as_fd()).is_ok_and(|x| x.ino == s.ino && x.same_content_stamp(s))
+            {
+                winner = (*h, fd, *s);
+            }
+        }
+        let (_, wfd, wst) = &winner;
+        let wst = *wst;
+
+        for h in lacking {
+            match fsops::link_fd_at(wfd.as_fd(), self.layout.hosts[h].fd(), name) {
+                Ok(()) => {
+                    self.touched.insert(h);
+                    self.counters.linked += 1;
+                    tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name), "linked");
+                }
+                Err(e) => failures.push(Failure {
+                    host: h,
+                    err: self.ferr(h, name, "link", e),
+                }),
+            }
+        }
+        if self.dedupe {
+            // Every identical copy on another inode is replaced by the winner;
+            // when the winner is not the origin, the origin's holders too.
+            let mut losers: Vec<(usize, FileStat)> = identical.iter().filter(|(_, s)| s.ino != wst.ino).copied().collect();
+            if wst.ino != ost.ino {
+                losers.extend(holders.iter().map(|&h| (h, ost)));
+            }
+            for (h, s) in losers {
+                match self.replace(h, name, wfd, &wst, &s) {
+                    Ok(true) => {
+                        self.counters.merged += 1;
+                        tracing::info!(host = %self.layout.hosts[h].name, name = %show(name),
+                            "merged identical copy into one inode");
+                    }
+                    Ok(false) => failures.push(Failure {
+                        host: h,
+                        err: self.ferr(h, name, "changed during merge", Errno::EAGAIN),
+                    }),
+                    Err(err) => failures.push(Failure { host: h, err }),
+                }
+            }
+        }
+
+        // Conflicts: same name, different bytes. Both are kept untouched.
+        let mut conflicts: Vec<Conflict> = self
+            .store
+            .conflicts_of(name)
+            .iter()
+            .filter(|c| {
+                let hs = &self.layout.hosts;
+                !scope.iter().any(|&h| hs[h].name == c.host) && hs[origin].name != c.host
+            })
+            .cloned()
+            .collect();
+        for (h, s) in &different {
+            let c = Conflict {
+                name: name.to_os_string(),
+                host: self.layout.hosts[*h].name.clone(),
+                ino: s.ino,
+                other_host: self.layout.hosts[winner.0].name.clone(),
+                other_ino: wst.ino,
+            };
+            let already = self
+                .store
+                .conflicts_of(name)
+                .iter()
+                .any(|o| o.host == c.host && o.ino == c.ino && o.other_ino == c.other_ino);
+            if !already {
+                self.counters.conflicts += 1;
+                tracing::warn!(
+                    path = %self.layout.hosts[*h].path.join(name).display(),
+                    other = %self.layout.hosts[winner.0].path.join(name).display(),
+                    kind = s.kind(),
+                    "conflict: same name, different content; both left untouched"
+                );
+            }
+            conflicts.push(c);
+        }
+        self.store.set_conflicts(name, conflicts);
+
+        self.store.record(name, wst.id(), wst.size);
+        let mut failed = Vec::new();
+        for f in failures {
+            self.counters.failed += 1;
+            tracing::warn!(error = %f.err, "will retry");
+            self.store.owe(name, wst.id(), &self.layout.hosts[f.host].name);
+            failed.push(f.host);
+        }
+        Ok(failed)
+    }
+
+    /// Compares the bytes of two files, proving afterwards (by re-stat)
+    /// that neither changed while being read.
+    fn same_content(
+        &self,
+        name: &OsStr,
+        a: usize,
+        ast: &FileStat,
+        b: usize,
+        bst: &FileStat,
+    ) -> std::result::Result<bool, FileError> {
+        let mut fa = fsops::open_read_at(self.layout.hosts[a].fd(), name, ast)
+            .map_err(|e| self.ferr(a, name, "open for compare", e))?;
+        let mut fb = fsops::open_read_at(self.layout.hosts[b].fd(), name, bst)
+            .map_err(|e| self.ferr(b, name, "open for compare", e))?;
+        let same = fsops::same_bytes(&mut fa, &mut fb).map_err(|e| {
+            self.ferr(b, name, "read for compare", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        })?;
+        let a2 = fsops::stat_fd(fa.as_fd()).map_err(|e| self.ferr(a, name, "stat", e))?;
+        let b2 = fsops::stat_fd(fb.as_fd()).map_err(|e| self.ferr(b, name, "stat", e))?;
+        if !a2.same_content_stamp(ast) || !b2.same_content_stamp(bst) {
+            return Err(self.ferr(b, name, "changed while being compared", Errno::EAGAIN));
+        }
+        Ok(same)
+    }
+
+    fn temp_name(&mut self) -> OsString {
+        self.seq += 1;
+        let mut v = names::TEMP_PREFIX.to_vec();
+        v.extend_from_slice(format!("{}.{}", std::process::id(), self.seq).as_bytes());
+        OsString::from(std::ffi::OsStr::from_bytes(&v))
+    }
+
+    /// Replaces `host/name` (currently the identical inode `old`) by the
+    /// inode behind `wfd`, without the name ever disappearing: link the
+    /// winner under a temp name, atomically exchange the two names, check
+    /// that what was swapped out is still the unchanged `old`, and only then
+    /// drop it. Returns false (and leaves the name as it was) when the file
+    /// changed meanwhile.
+    fn replace(
+        &mut self,
+        host: usize,
+        name: &OsStr,
+        wfd: &OwnedFd,
+        wst: &FileStat,
+        old: &FileStat,
+    ) -> std::result::Result<bool, FileError> {
+        let tmp = self.temp_name();
+        let dir = self.layout.hosts[host].fd();
+        fsops::link_fd_at(wfd.as_fd(), dir, &tmp).map_err(|e| self.ferr(host, name, "link temp", e))?;
+        self.touched.insert(host);
+        let undo = |this: &Self, what| {
+            let _ = fsops::unlink_at(this.layout.hosts[host].fd(), &tmp);
+            this.ferr(host, name, what, Errno::EAGAIN)
+        };
+        match fsops::stat_at(dir, name) {
+            Ok(cur) if cur.same_content_stamp(old) => {}
+            _ => return Err(undo(self, "changed before merge")),
+        }
+        if let Err(e) = fsops::exchange_at(dir, &tmp, name) {
+            let _ = fsops::unlink_at(dir, &tmp);
+            return Err(self.ferr(host, name, "exchange", e));
+        }
+        // `tmp` now names what was at `name`.
+        match fsops::stat_at(dir, &tmp) {
+            Ok(swapped) if swapped.same_content_stamp(old) => {
+                fsops::unlink_at(dir, &tmp).map_err(|e| self.ferr(host, name, "unlink temp", e))?;
+                Ok(true)
+            }
+            _ => {
+                // Someone replaced the file in between: swap back, and drop
+                // our extra link only if it really is ours.
+                let _ = fsops::exchange_at(dir, &tmp, name);
+                if fsops::stat_at(dir, &tmp).is_ok_and(|s| s.ino == wst.ino) {
+                    let _ = fsops::unlink_at(dir, &tmp);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Links still owed to hosts (failed earlier, or seeding a new host).
+    pub fn pay_owed(&mut self) {
+        for (name, id, hosts) in self.store.owed() {
+            let targets: Vec<usize> = hosts.iter().filter_map(|h| self.layout.index_of(h)).collect();
+            // Find a host that still holds this generation.
+            let source = (0..self.layout.hosts.len())
+                .filter(|h| !targets.contains(h))
+                .chain(targets.iter().copied())
+                .find_map(|h| {
+                    fsops::stat_at(self.layout.hosts[h].fd(), &name)
+                        .ok()
+                        .filter(|s| s.id() == id && ineligible(s).is_none())
+                        .map(|s| (h, s))
+                });
+            let failed = match source {
+                None => Vec::new(), // gone everywhere: nothing left to hand out
+                Some((origin, st)) => match self.converge(&name, origin, st, &targets, false) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "will retry");
+                        continue;
+                    }
+                },
+            };
+            for h in hosts {
+                let idx = self.layout.index_of(&h);
+                if idx.is_none_or(|i| !failed.contains(&i)) {
+                    self.store.paid(&name, id, &h);
+                }
+            }
+        }
+    }
+
+    /// Aligns the record's host list with the configured hosts: a new host
+    /// is owed every distributed file; a removed one is forgotten (its dir
+    /// is left untouched).
+    pub fn sync_hosts(&mut self) {
+        let configured: Vec<String> = self.layout.hosts.iter().map(|h| h.name.clone()).collect();
+        let recorded: Vec<String> = self.store.hosts().iter().cloned().collect();
+        for h in &recorded {
+            if !configured.contains(h) {
+                tracing::info!(host = %h, "host no longer configured; its dir is left as it is");
+                self.store.remove_host(h);
+            }
+        }
+        for h in &configured {
+            if !self.store.hosts().contains(h) {
+                let files: Vec<(OsString, fsops::FileId)> =
+                    self.store.all_files().map(|(n, id)| (n.clone(), id)).collect();
+                if !files.is_empty() {
+                    tracing::info!(host = %h, files = files.len(), "new host: seeding it with every distributed file");
+                }
+                for (n, id) in files {
+                    self.store.owe(&n, id, h);
+                }
+                self.store.add_host(h);
+            }
+        }
+    }
+
+    /// Lists the candidates in every host dir. Host dirs that vanished are
+    /// recreated (empty). Returns name → holders, and whether every host
+    /// was read completely.
+    pub fn scan(&mut self, cleanup_temps: bool) -> (HashMap<OsString, Vec<(usize, FileStat)>>, bool) {
+        let mut present: HashMap<OsString, Vec<(usize, FileStat)>> = HashMap::new();
+        let mut complete = true;
+        for i in 0..self.layout.hosts.len() {
+            if !self.layout.host_is_current(i) {
+                match self.layout.reopen_host(i) {
+                    Ok(o) => tracing::warn!(host = %self.layout.hosts[i].name, how = ?o, "host dir was replaced or removed; reopened"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "host dir unusable");
+                        complete = false;
+                        continue;
+                    }
+                }
+            }
+            let dir = self.layout.hosts[i].fd();
+            let entries = match fsops::list_dir(dir) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(path = %self.layout.hosts[i].path.display(), error = %e, "cannot list host dir");
+                    complete = false;
+                    continue;
+                }
+            };
+            for name in entries {
+                if names::is_own_temp(&name) {
+                    if cleanup_temps {
+                        self.cleanup_temp(i, &name);
+                    }
+                    continue;
+                }
+                if !self.filter.is_candidate(&name) {
+                    continue;
+                }
+                match fsops::stat_at(dir, &name) {
+                    Ok(st) if ineligible(&st).is_none() => present.entry(name).or_default().push((i, st)),
+                    Ok(_) | Err(Errno::ENOENT) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %self.ferr(i, &name, "stat", e), "skipped");
+                        complete = false;
+                    }
+                }
+            }
+        }
+        (present, complete)
+    }
+
+    /// A temp link left by a crash. Dropped when another name keeps the
+    /// inode; otherwise left for the admin (it may be the only copy).
+    fn cleanup_temp(&self, host: usize, name: &OsStr) {
+        let dir = self.layout.hosts[host].fd();
+        match fsops::stat_at(dir, name) {
+            Ok(st) if st.is_regular() && st.nlink > 1 => {
+                if fsops::unlink_at(dir, name).is_ok() {
+                    tracing::info!(path = %self.layout.hosts[host].path.join(name).display(), "removed stale temp link");
+                }
+            }
+            Ok(_) => tracing::warn!(
+                path = %self.layout.hosts[host].path.join(name).display(),
+                "stale temp name holds the only link to its file; left for the admin"
+            ),
+            Err(_) => {}
+        }
+    }
+
+    /// A full reconcile: distribute every complete unknown file, pay owed
+    /// links, re-check conflicts, forget generations pruned everywhere.
+    /// Files too young to call complete are returned for the caller to
+    /// settle.
+    pub fn reconcile(&mut self, now: SystemTime, settle: Duration, cleanup_temps: bool) -> Vec<Young> {
+        let (present, complete) = self.scan(cleanup_temps);
+        let mut young = Vec::new();
+        let mut names: Vec<&OsString> = present.keys().collect();
+        names.sort();
+        let all: Vec<usize> = (0..self.layout.hosts.len()).collect();
+        for name in names {
+            let holders = &present[name];
+            let mut inodes: Vec<(usize, FileStat)> = Vec::new();
+            for (h, st) in holders {
+                if !inodes.iter().any(|(_, s)| s.ino == st.ino) {
+                    inodes.push((*h, *st));
+                }
+            }
+            let mut acted = false;
+            for (h, st) in &inodes {
+                if self.store.is_known(name, st.id()) {
+                    continue;
+                }
+                if !old_enough(st, now, settle) {
+                    young.push(Young {
+                        host: *h,
+                        name: name.clone(),
+                        stat: *st,
+                    });
+                    continue;
+                }
+                let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
+                if let Err(e) = self.converge(name, *h, *st, &scope, true) {
+                    tracing::warn!(error = %e, "will retry");
+                }
+                acted = true;
+            }
+            if !acted && inodes.len() > 1 && !self.conflicts_cover(name, holders) {
+                // All known, yet not one inode: merge identical copies and
+                // (re)record conflicts.
+                if let Some((h, st)) = inodes.iter().max_by_key(|(_, s)| s.nlink) {
+                    let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
+                    if let Err(e) = self.converge(name, *h, *st, &scope, true) {
+                        tracing::warn!(error = %e, "will retry");
+                    }
+                }
+            }
+            if inodes.len() == 1 && !self.store.conflicts_of(name).is_empty() {
+                self.store.set_conflicts(name, Vec::new());
+            }
+        }
+        self.pay_owed();
+        if complete {
+            let gone: Vec<(OsString, fsops::FileId)> = self
+                .store
+                .all_files()
+                .filter(|(n, id)| !present.get(*n).is_some_and(|v| v.iter().any(|(_, s)| s.id() == *id)))
+                .map(|(n, id)| (n.clone(), id))
+                .collect();
+            for (n, id) in gone {
+                self.store.forget(&n, id);
+            }
+        }
+        young
+    }
+
+    /// Whether the recorded conflicts already explain every differing inode
+    /// of this name (so the bytes need not be compared again).
+    fn conflicts_cover(&self, name: &OsStr, holders: &[(usize, FileStat)]) -> bool {
+        let recorded = self.store.conflicts_of(name);
+        if recorded.is_empty() {
+            return false;
+        }
+        holders.iter().all(|(h, st)| {
+            let hn = &self.layout.hosts[*h].name;
+            recorded
+                .iter()
+                .any(|c| (&c.host == hn && c.ino == st.ino) || c.other_ino == st.ino)
+        })
+    }
+
+    /// Takes every candidate on disk now as already distributed (no links
+    /// are made): `distlink sync --adopt`.
+    pub fn adopt(&mut self) -> usize {
+        let (present, _) = self.scan(true);
+        let mut n = 0;
+        for (name, holders) in &present {
+            for (_, st) in holders {
+                if !self.store.is_known(name, st.id()) {
+                    self.store.record(name, st.id(), st.size);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Whether any host dir holds a candidate (used to refuse guessing when
+    /// there is no record).
+    pub fn any_candidate(&mut self) -> Option<std::path::PathBuf> {
+        let (present, _) = self.scan(false);
+        present
+            .iter()
+            .next()
+            .map(|(n, v)| self.layout.hosts[v[0].0].path.join(n))
+    }
+
+    /// Makes the links durable, then writes the record.
+    pub fn commit(&mut self) -> Result<()> {
+        for h in std::mem::take(&mut self.touched) {
+            if let Some(dir) = self.layout.hosts.get(h)
+                && let Err(e) = fsops::fsync_fd(dir.fd())
+            {
+                tracing::warn!(path = %dir.path.display(), error = %e, "fsync of host dir failed");
+            }
+        }
+        self.store.commit()
+    }
+}
+
+/// A name for logs: lossless for UTF-8, escaped otherwise.
+pub fn show(name: &OsStr) -> String {
+    name.as_bytes().escape_ascii().to_string()
+}

@@ -1,0 +1,282 @@
+//! Thin, safe wrappers over the `*at` system calls distlink needs.
+//!
+//! Every call here works relative to a directory fd and never follows a
+//! symlink in the last path component: the directories are controlled by NFS
+//! clients, and distlink runs as root.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::Read;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, RenameFlags};
+use nix::sys::stat::Mode;
+use nix::fcntl::AtFlags;
+use nix::unistd::UnlinkatFlags;
+
+/// What `statx` tells about one directory entry, without following symlinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// Birth time, when the filesystem reports one.
+    pub btime_ns: Option<i64>,
+}
+
+/// The identity of one file generation: its inode number plus a birth stamp
+/// (the birth time where the filesystem has one, else the mtime), so that an
+/// inode number reused by the filesystem for a new download is not mistaken
+/// for the old, already distributed file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    pub ino: u64,
+    pub birth: i64,
+}
+
+impl FileStat {
+    pub fn id(&self) -> FileId {
+        FileId {
+            ino: self.ino,
+            birth: self.btime_ns.unwrap_or(self.mtime_ns),
+        }
+    }
+    pub fn is_regular(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    pub fn is_setid(&self) -> bool {
+        self.mode & (libc::S_ISUID | libc::S_ISGID) != 0
+    }
+    /// Whether the content may have changed between two looks at the same
+    /// inode: size, mtime or ctime moved.
+    pub fn same_content_stamp(&self, other: &FileStat) -> bool {
+        self.ino == other.ino
+            && self.dev == other.dev
+            && self.size == other.size
+            && self.mtime_ns == other.mtime_ns
+    }
+    pub fn kind(&self) -> &'static str {
+        match self.mode & libc::S_IFMT {
+            libc::S_IFREG => "regular file",
+            libc::S_IFDIR => "directory",
+            libc::S_IFLNK => "symlink",
+            libc::S_IFIFO => "fifo",
+            libc::S_IFSOCK => "socket",
+            libc::S_IFCHR => "character device",
+            libc::S_IFBLK => "block device",
+            _ => "unknown file type",
+        }
+    }
+}
+
+fn cstr(name: &OsStr) -> Result<CString, Errno> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+fn statx_raw(dirfd: BorrowedFd<'_>, name: &CString, flags: i32) -> Result<FileStat, Errno> {
+    let mut buf = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `name` is a valid NUL-terminated string and `buf` is a valid
+    // out-pointer for one `struct statx`.
+    let rc = unsafe {
+        libc::statx(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: statx succeeded and filled the structure.
+    let s = unsafe { buf.assume_init() };
+    let ts = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
+    Ok(FileStat {
+        dev: libc::makedev(s.stx_dev_major, s.stx_dev_minor),
+        ino: s.stx_ino,
+        mode: u32::from(s.stx_mode),
+        nlink: u64::from(s.stx_nlink),
+        size: s.stx_size,
+        mtime_ns: ts(s.stx_mtime),
+        ctime_ns: ts(s.stx_ctime),
+        btime_ns: (s.stx_mask & libc::STATX_BTIME != 0).then(|| ts(s.stx_btime)),
+    })
+}
+
+/// `statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn stat_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<FileStat, Errno> {
+    statx_raw(dirfd, &cstr(name)?, 0)
+}
+
+/// `statx` of an open fd (`AT_EMPTY_PATH`).
+pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileStat, Errno> {
+    statx_raw(fd, &CString::default(), libc::AT_EMPTY_PATH)
+}
+
+/// Opens a directory entry as a directory, refusing symlinks.
+pub fn open_dir_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+    nix::fcntl::openat(
+        dirfd,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Opens an absolute directory path chosen by the administrator (symlinks in
+/// it are the administrator's own and are followed).
+pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(fd)
+}
+
+/// Pins a directory entry with an `O_PATH` fd (no symlink following, no
+/// open side effects: fifos do not block, devices are not opened).
+pub fn open_path_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+    nix::fcntl::openat(
+        dirfd,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Opens a pinned regular file for reading, checking that the name still
+/// refers to the same inode.
+pub fn open_read_at(
+    dirfd: BorrowedFd<'_>,
+    name: &OsStr,
+    expect: &FileStat,
+) -> Result<File, Errno> {
+    let fd = nix::fcntl::openat(
+        dirfd,
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = stat_fd(fd.as_fd())?;
+    if !st.is_regular() || st.ino != expect.ino || st.dev != expect.dev {
+        return Err(Errno::ESTALE);
+    }
+    Ok(File::from(fd))
+}
+
+/// Hard-links exactly the inode behind `fd` (an `O_PATH` fd) as
+/// `newdir/newname`. Fails with `EEXIST` rather than replacing anything, and
+/// with `ENOENT` when the inode has no names left.
+pub fn link_fd_at(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &OsStr) -> Result<(), Errno> {
+    nix::unistd::linkat(
+        fd,
+        c"",
+        newdir,
+        newname,
+        AtFlags::AT_EMPTY_PATH,
+    )
+}
+
+/// Atomically swaps two names in one directory.
+pub fn exchange_at(dirfd: BorrowedFd<'_>, a: &OsStr, b: &OsStr) -> Result<(), Errno> {
+    nix::fcntl::renameat2(dirfd, a, dirfd, b, RenameFlags::RENAME_EXCHANGE)
+}
+
+/// Unlinks a non-directory entry.
+pub fn unlink_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    nix::unistd::unlinkat(dirfd, name, UnlinkatFlags::NoRemoveDir)
+}
+
+/// Creates a directory (never following a symlink planted at the name).
+pub fn mkdir_at(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), Errno> {
+    nix::sys::stat::mkdirat(dirfd, name, Mode::from_bits_truncate(mode))
+}
+
+/// Copies owner, group and permission bits onto an open directory.
+pub fn copy_owner_mode(fd: BorrowedFd<'_>, from: &FileStat, uid: u32, gid: u32) -> Result<(), Errno> {
+    nix::unistd::fchown(
+        fd,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )?;
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(from.mode & 0o7777))
+}
+
+/// Owner and group of an open fd.
+pub fn owner_of(fd: BorrowedFd<'_>) -> Result<(u32, u32), Errno> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok((st.st_uid, st.st_gid))
+}
+
+pub fn fsync_fd(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    nix::unistd::fsync(fd)
+}
+
+/// Lists the names in a directory (without `.` and `..`), reading through a
+/// fresh fd of the very directory `dirfd` refers to.
+pub fn list_dir(dirfd: BorrowedFd<'_>) -> Result<Vec<std::ffi::OsString>, Errno> {
+    let fd = nix::fcntl::openat(
+        dirfd,
+        c".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let dir = nix::dir::Dir::from_fd(fd)?;
+    let mut out = Vec::new();
+    for entry in dir {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push(OsStr::from_bytes(name).to_os_string());
+    }
+    Ok(out)
+}
+
+/// Compares the full contents of two open files, returning true when they
+/// are byte for byte identical.
+pub fn same_bytes(a: &mut File, b: &mut File) -> std::io::Result<bool> {
+    const CHUNK: usize = 1 << 20;
+    let mut ba = vec![0u8; CHUNK];
+    let mut bb = vec![0u8; CHUNK];
+    loop {
+        let na = read_full(a, &mut ba)?;
+        let nb = read_full(b, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,176 @@
+//! The root and its host directories: directory fds, creation of missing
+//! host dirs, and the same-filesystem check.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::fsops::{self, FileStat};
+
+/// One host's directory, held open.
+#[derive(Debug)]
+pub struct HostDir {
+    pub name: String,
+    pub path: PathBuf,
+    fd: OwnedFd,
+    pub stat: FileStat,
+}
+
+impl HostDir {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The root directory and every configured host dir.
+#[derive(Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+    root_fd: OwnedFd,
+    root_stat: FileStat,
+    pub hosts: Vec<HostDir>,
+}
+
+/// How a host dir was found when opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    Existing,
+    Created,
+}
+
+impl Layout {
+    /// Opens the root and every host dir (creating missing ones), and checks
+    /// that all host dirs share one filesystem.
+    pub fn open(root: &Path, hosts: &[String]) -> Result<Layout> {
+        let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
+            Errno::ENOENT => Error::Config(format!("root: directory {} does not exist", root.display())),
+            Errno::ENOTDIR => Error::Config(format!("root: {} is not a directory", root.display())),
+            e => Error::sys(root, e),
+        })?;
+        let root_stat = fsops::stat_fd(root_fd.as_fd()).map_err(|e| Error::sys(root, e))?;
+        let mut layout = Layout {
+            root: root.to_path_buf(),
+            root_fd,
+            root_stat,
+            hosts: Vec::new(),
+        };
+        for h in hosts {
+            let (dir, opened) = layout.open_host(h)?;
+            if opened == Opened::Created {
+                tracing::info!(host = %h, path = %dir.path.display(), "created missing host dir");
+            }
+            layout.hosts.push(dir);
+        }
+        layout.check_same_fs()?;
+        Ok(layout)
+    }
+
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root_fd.as_fd()
+    }
+
+    /// Opens (creating if missing) the dir of host `name`, never following a
+    /// symlink planted at its place.
+    pub fn open_host(&self, name: &str) -> Result<(HostDir, Opened)> {
+        let path = self.root.join(name);
+        let os = OsStr::new(name);
+        let mut opened = Opened::Existing;
+        match fsops::stat_at(self.root_fd(), os) {
+            Ok(_) => {}
+            Err(Errno::ENOENT) => {
+                match fsops::mkdir_at(self.root_fd(), os, 0o700) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(Error::sys(&path, e)),
+                }
+                opened = Opened::Created;
+            }
+            Err(e) => return Err(Error::sys(&path, e)),
+        }
+        let fd = fsops::open_dir_at(self.root_fd(), os).map_err(|e| match e {
+            Errno::ELOOP => Error::Refused(format!(
+                "host dir {} is a symlink; refusing to follow it (host {name:?})",
+                path.display()
+            )),
+            Errno::ENOTDIR => Error::Refused(format!(
+                "host dir {} is not a directory (host {name:?})",
+                path.display()
+            )),
+            e => Error::sys(&path, e),
+        })?;
+        if opened == Opened::Created {
+            let (uid, gid) = fsops::owner_of(self.root_fd()).map_err(|e| Error::sys(&self.root, e))?;
+            fsops::copy_owner_mode(fd.as_fd(), &self.root_stat, uid, gid).map_err(|e| Error::sys(&path, e))?;
+        }
+        let stat = fsops::stat_fd(fd.as_fd()).map_err(|e| Error::sys(&path, e))?;
+        Ok((
+            HostDir {
+                name: name.to_string(),
+                path,
+                fd,
+                stat,
+            },
+            opened,
+        ))
+    }
+
+    /// All host dirs must live on one filesystem, or hard links between
+    /// them are impossible.
+    pub fn check_same_fs(&self) -> Result<()> {
+        let Some(first) = self.hosts.first() else {
+            return Ok(());
+        };
+        if self.hosts.iter().all(|h| h.stat.dev == first.stat.dev) {
+            return Ok(());
+        }
+        let list: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} (device {}:{})",
+                    h.path.display(),
+                    nix::sys::stat::major(h.stat.dev),
+                    nix::sys::stat::minor(h.stat.dev)
+                )
+            })
+            .collect();
+        Err(Error::Refused(format!(
+            "host dirs are not all on one filesystem, so they cannot share hard links: {}",
+            list.join(", ")
+        )))
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.hosts.iter().position(|h| h.name == name)
+    }
+
+    /// Whether `<root>/<host>` still is the directory we hold open.
+    pub fn host_is_current(&self, i: usize) -> bool {
+        let h = &self.hosts[i];
+        match fsops::stat_at(self.root_fd(), OsStr::new(&h.name)) {
+            Ok(st) => st.is_dir() && st.ino == h.stat.ino && st.dev == h.stat.dev,
+            Err(_) => false,
+        }
+    }
+
+    /// Re-opens host `i` after its dir vanished or was replaced (a missing
+    /// dir is recreated empty).
+    pub fn reopen_host(&mut self, i: usize) -> Result<Opened> {
+        let name = self.hosts[i].name.clone();
+        let (dir, opened) = self.open_host(&name)?;
+        if let Some(other) = self.hosts.iter().enumerate().find(|(j, h)| *j != i && h.stat.dev != dir.stat.dev) {
+            return Err(Error::Refused(format!(
+                "host dir {} is on device {}, but {} is on device {}",
+                dir.path.display(),
+                dir.stat.dev,
+                other.1.path.display(),
+                other.1.stat.dev
+            )));
+        }
+        self.hosts[i] = dir;
+        Ok(opened)
+    }
+}

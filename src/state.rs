@@ -1,0 +1,450 @@
+//! The persistent record: which (name, file generation) were distributed,
+//! which hosts it knows, which links are still owed to a host, and the
+//! conflicts seen. Kept in SQLite (WAL mode, `synchronous=FULL`), so it
+//! survives power loss and other processes can read it while the daemon
+//! writes. An in-memory mirror answers the hot-path questions.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use rusqlite::{Connection, OpenFlags, params};
+
+use crate::error::{Error, Result};
+use crate::fsops::FileId;
+
+pub const DB_NAME: &str = "state.db";
+const LOCK_NAME: &str = "lock";
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, added_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    name BLOB NOT NULL, ino INTEGER NOT NULL, birth INTEGER NOT NULL,
+    size INTEGER NOT NULL, recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (name, ino, birth)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owed (
+    name BLOB NOT NULL, ino INTEGER NOT NULL, birth INTEGER NOT NULL, host TEXT NOT NULL,
+    PRIMARY KEY (name, ino, birth, host)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conflicts (
+    name BLOB NOT NULL, host TEXT NOT NULL, ino INTEGER NOT NULL,
+    other_host TEXT NOT NULL, other_ino INTEGER NOT NULL, seen_at INTEGER NOT NULL,
+    PRIMARY KEY (name, host)) WITHOUT ROWID;
+";
+
+/// One write waiting for the next commit.
+#[derive(Debug)]
+enum Op {
+    Record(OsString, FileId, u64),
+    Forget(OsString, FileId),
+    Owe(OsString, FileId, String),
+    Paid(OsString, FileId, String),
+    AddHost(String),
+    RemoveHost(String),
+    Conflict(Conflict),
+    ClearConflicts(OsString),
+    Initialized,
+}
+
+/// Same name, different content in two hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub name: OsString,
+    pub host: String,
+    pub ino: u64,
+    pub other_host: String,
+    pub other_ino: u64,
+}
+
+/// The record, opened for writing (holds the state lock).
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    _lock: Flock<File>,
+    initialized: bool,
+    files: HashMap<OsString, Vec<FileId>>,
+    owed: BTreeMap<(OsString, FileId), BTreeSet<String>>,
+    hosts: BTreeSet<String>,
+    conflicts: HashMap<OsString, Vec<Conflict>>,
+    ops: Vec<Op>,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::State {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the record in `state_dir` and takes the
+    /// exclusive lock; a second writer is refused.
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(state_dir).map_err(|e| Error::Io {
+            path: state_dir.to_path_buf(),
+            source: e,
+        })?;
+        let lock_path = state_dir.join(LOCK_NAME);
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::Io {
+                path: lock_path.clone(),
+                source: e,
+            })?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            if e == nix::errno::Errno::EWOULDBLOCK {
+                Error::Refused(format!(
+                    "another distlink process holds the state lock {} (is the daemon running?)",
+                    lock_path.display()
+                ))
+            } else {
+                Error::sys(&lock_path, e)
+            }
+        })?;
+        let path = state_dir.join(DB_NAME);
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err(&path))?;
+        let mut store = Store {
+            conn,
+            path,
+            _lock: lock,
+            initialized: false,
+            files: HashMap::new(),
+            owed: BTreeMap::new(),
+            hosts: BTreeSet::new(),
+            conflicts: HashMap::new(),
+            ops: Vec::new(),
+        };
+        store.setup().map_err(|e| match e {
+            Error::State { path, message } => Error::Refused(format!(
+                "state store {} is unreadable ({message}); distlink will not guess what was \
+                 distributed. Move it aside and run `distlink sync --adopt` to take the host dirs \
+                 as they are now",
+                path.display()
+            )),
+            e => e,
+        })?;
+        Ok(store)
+    }
+
+    fn setup(&mut self) -> Result<()> {
+        let p = self.path.clone();
+        let e = db_err(&p);
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(&e)?;
+        self.conn.pragma_update(None, "synchronous", "FULL").map_err(&e)?;
+        self.conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(&e)?;
+        self.conn.execute_batch(SCHEMA).map_err(&e)?;
+        let version: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .ok();
+        match version {
+            None => {
+                self.conn
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                        params![SCHEMA_VERSION.to_string()],
+                    )
+                    .map_err(&e)?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(Error::State {
+                    path: p.clone(),
+                    message: format!("schema version {v} is not {SCHEMA_VERSION}"),
+                });
+            }
+        }
+        self.initialized = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'initialized'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .is_ok();
+        {
+            let mut st = self.conn.prepare("SELECT name, ino, birth FROM files").map_err(&e)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
+                        FileId {
+                            ino: r.get::<_, i64>(1)? as u64,
+                            birth: r.get(2)?,
+                        },
+                    ))
+                })
+                .map_err(&e)?;
+            for row in rows {
+                let (name, id) = row.map_err(&e)?;
+                self.files.entry(name).or_default().push(id);
+            }
+        }
+        {
+            let mut st = self.conn.prepare("SELECT name, ino, birth, host FROM owed").map_err(&e)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
+                        FileId {
+                            ino: r.get::<_, i64>(1)? as u64,
+                            birth: r.get(2)?,
+                        },
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(&e)?;
+            for row in rows {
+                let (name, id, host) = row.map_err(&e)?;
+                self.owed.entry((name, id)).or_default().insert(host);
+            }
+        }
+        {
+            let mut st = self.conn.prepare("SELECT name FROM hosts").map_err(&e)?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(&e)?;
+            for row in rows {
+                self.hosts.insert(row.map_err(&e)?);
+            }
+        }
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT name, host, ino, other_host, other_ino FROM conflicts")
+                .map_err(&e)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Conflict {
+                        name: OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
+                        host: r.get(1)?,
+                        ino: r.get::<_, i64>(2)? as u64,
+                        other_host: r.get(3)?,
+                        other_ino: r.get::<_, i64>(4)? as u64,
+                    })
+                })
+                .map_err(&e)?;
+            for row in rows {
+                let c = row.map_err(&e)?;
+                self.conflicts.entry(c.name.clone()).or_default().push(c);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// False until the first start (or `--adopt`) wrote a record.
+    pub fn is_initialized(&self) -> bool {
+        self.initialized
+    }
+
+    pub fn mark_initialized(&mut self) {
+        self.initialized = true;
+        self.ops.push(Op::Initialized);
+    }
+
+    pub fn is_known(&self, name: &OsStr, id: FileId) -> bool {
+        self.files.get(name).is_some_and(|v| v.contains(&id))
+    }
+
+    pub fn ids_of(&self, name: &OsStr) -> &[FileId] {
+        self.files.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every recorded (name, generation).
+    pub fn all_files(&self) -> impl Iterator<Item = (&OsString, FileId)> {
+        self.files.iter().flat_map(|(n, ids)| ids.iter().map(move |id| (n, *id)))
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.values().map(Vec::len).sum()
+    }
+
+    pub fn record(&mut self, name: &OsStr, id: FileId, size: u64) {
+        let v = self.files.entry(name.to_os_string()).or_default();
+        if !v.contains(&id) {
+            v.push(id);
+            self.ops.push(Op::Record(name.to_os_string(), id, size));
+        }
+    }
+
+    pub fn forget(&mut self, name: &OsStr, id: FileId) {
+        if let Some(v) = self.files.get_mut(name) {
+            v.retain(|x| *x != id);
+            if v.is_empty() {
+                self.files.remove(name);
+            }
+        }
+        if let Some(hosts) = self.owed.remove(&(name.to_os_string(), id)) {
+            for h in hosts {
+                self.ops.push(Op::Paid(name.to_os_string(), id, h));
+            }
+        }
+        self.ops.push(Op::Forget(name.to_os_string(), id));
+    }
+
+    pub fn owe(&mut self, name: &OsStr, id: FileId, host: &str) {
+        if self.owed.entry((name.to_os_string(), id)).or_default().insert(host.to_string()) {
+            self.ops.push(Op::Owe(name.to_os_string(), id, host.to_string()));
+        }
+    }
+
+    pub fn paid(&mut self, name: &OsStr, id: FileId, host: &str) {
+        let key = (name.to_os_string(), id);
+        if let Some(set) = self.owed.get_mut(&key)
+            && set.remove(host)
+        {
+            if set.is_empty() {
+                self.owed.remove(&key);
+            }
+            self.ops.push(Op::Paid(key.0, id, host.to_string()));
+        }
+    }
+
+    /// Links still owed: (name, generation) → hosts.
+    pub fn owed(&self) -> Vec<(OsString, FileId, Vec<String>)> {
+        self.owed
+            .iter()
+            .map(|((n, id), hs)| (n.clone(), *id, hs.iter().cloned().collect()))
+            .collect()
+    }
+
+    pub fn has_owed(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
+    pub fn hosts(&self) -> &BTreeSet<String> {
+        &self.hosts
+    }
+
+    pub fn add_host(&mut self, host: &str) {
+        if self.hosts.insert(host.to_string()) {
+            self.ops.push(Op::AddHost(host.to_string()));
+        }
+    }
+
+    /// Drops a host from the record (its owed links and conflicts go too).
+    pub fn remove_host(&mut self, host: &str) {
+        if self.hosts.remove(host) {
+            self.ops.push(Op::RemoveHost(host.to_string()));
+        }
+        for set in self.owed.values_mut() {
+            set.remove(host);
+        }
+        self.owed.retain(|_, s| !s.is_empty());
+        for v in self.conflicts.values_mut() {
+            v.retain(|c| c.host != host && c.other_host != host);
+        }
+    }
+
+    pub fn conflicts_of(&self, name: &OsStr) -> &[Conflict] {
+        self.conflicts.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn conflict_count(&self) -> usize {
+        self.conflicts.values().map(Vec::len).sum()
+    }
+
+    /// Replaces the recorded conflicts of one name.
+    pub fn set_conflicts(&mut self, name: &OsStr, list: Vec<Conflict>) {
+        let old = self.conflicts.get(name).cloned().unwrap_or_default();
+        if old == list {
+            return;
+        }
+        self.ops.push(Op::ClearConflicts(name.to_os_string()));
+        if list.is_empty() {
+            self.conflicts.remove(name);
+        } else {
+            for c in &list {
+                self.ops.push(Op::Conflict(c.clone()));
+            }
+            self.conflicts.insert(name.to_os_string(), list);
+        }
+    }
+
+    pub fn dirty(&self) -> bool {
+        !self.ops.is_empty()
+    }
+
+    /// Writes every queued change in one transaction.
+    pub fn commit(&mut self) -> Result<()> {
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let p = self.path.clone();
+        let e = db_err(&p);
+        let now = now_secs();
+        let tx = self.conn.transaction().map_err(&e)?;
+        for op in &self.ops {
+            match op {
+                Op::Record(n, id, size) => tx.execute(
+                    "INSERT OR IGNORE INTO files (name, ino, birth, size, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![n.as_bytes(), id.ino as i64, id.birth, *size as i64, now],
+                ),
+                Op::Forget(n, id) => tx.execute(
+                    "DELETE FROM files WHERE name = ?1 AND ino = ?2 AND birth = ?3",
+                    params![n.as_bytes(), id.ino as i64, id.birth],
+                ),
+                Op::Owe(n, id, h) => tx.execute(
+                    "INSERT OR IGNORE INTO owed (name, ino, birth, host) VALUES (?1, ?2, ?3, ?4)",
+                    params![n.as_bytes(), id.ino as i64, id.birth, h],
+                ),
+                Op::Paid(n, id, h) => tx.execute(
+                    "DELETE FROM owed WHERE name = ?1 AND ino = ?2 AND birth = ?3 AND host = ?4",
+                    params![n.as_bytes(), id.ino as i64, id.birth, h],
+                ),
+                Op::AddHost(h) => tx.execute(
+                    "INSERT OR IGNORE INTO hosts (name, added_at) VALUES (?1, ?2)",
+                    params![h, now],
+                ),
+                Op::RemoveHost(h) => tx
+                    .execute("DELETE FROM hosts WHERE name = ?1", params![h])
+                    .and_then(|_| tx.execute("DELETE FROM owed WHERE host = ?1", params![h]))
+                    .and_then(|_| {
+                        tx.execute(
+                            "DELETE FROM conflicts WHERE host = ?1 OR other_host = ?1",
+                            params![h],
+                        )
+                    }),
+                Op::Conflict(c) => tx.execute(
+                    "INSERT OR REPLACE INTO conflicts (name, host, ino, other_host, other_ino, seen_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![c.name.as_bytes(), c.host, c.ino as i64, c.other_host, c.other_ino as i64, now],
+                ),
+                Op::ClearConflicts(n) => tx.execute("DELETE FROM conflicts WHERE name = ?1", params![n.as_bytes()]),
+                Op::Initialized => tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('initialized', ?1)",
+                    params![now.to_string()],
+                ),
+            }
+            .map_err(&e)?;
+        }
+        tx.commit().map_err(&e)?;
+        self.ops.clear();
+        Ok(())
+    }
+}
+
+/// Whether a record exists in `state_dir` at all (without opening it).
+pub fn exists(state_dir: &Path) -> bool {
+    state_dir.join(DB_NAME).exists()
+}
