@@ -83,9 +83,13 @@ enum WatchModeName {
     Poll,
 }
 
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+fn de_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// Parses a humantime duration ("500ms", "5s", "1h 30m").
@@ -108,7 +112,8 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| Error::Config(format!("config file {}: {e}", p.display())))?;
-                parse_file(&text).map_err(|m| Error::Config(format!("config file {}: {m}", p.display())))?
+                parse_file(&text)
+                    .map_err(|m| Error::Config(format!("config file {}: {m}", p.display())))?
             }
             None => FileConfig::default(),
         };
@@ -129,7 +134,8 @@ impl Config {
             (None, Some(r)) => PathBuf::from(r),
             (None, None) => {
                 return Err(cfg_err(
-                    "root: no root directory given (set `root` in the config file or pass --root)".into(),
+                    "root: no root directory given (set `root` in the config file or pass --root)"
+                        .into(),
                 ));
             }
         };
@@ -188,7 +194,9 @@ impl Config {
         if let WatchMode::Poll(d) = watch
             && d.is_zero()
         {
-            return Err(cfg_err("watch.interval: the poll interval must be greater than zero".into()));
+            return Err(cfg_err(
+                "watch.interval: the poll interval must be greater than zero".into(),
+            ));
         }
         Ok(Config {
             root,
@@ -211,7 +219,11 @@ fn parse_file(text: &str) -> std::result::Result<FileConfig, String> {
 /// A host name becomes a directory name under the root: one plain path
 /// component, not hidden (dot-names belong to distlink's own state).
 pub fn validate_host(h: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::Config(format!("hosts: invalid host name {h:?}: {why}")));
+    let bad = |why: &str| {
+        Err(Error::Config(format!(
+            "hosts: invalid host name {h:?}: {why}"
+        )))
+    };
     if h.is_empty() {
         return bad("it is empty");
     }
@@ -295,18 +307,39 @@ interval = "10s"
             ("root = \"/r\"\nhosts = [\"a/b\"]\n", "hosts"),
             ("root = \"/r\"\nhosts = [\"..\"]\n", "hosts"),
             ("root = \"/r\"\nhosts = [\"a\", \"a\"]\n", "twice"),
-            ("root = \"/r\"\nhosts = [\"a\"]\nsettle = \"soon\"\n", "settle"),
-            ("root = \"/r\"\nhosts = [\"a\"]\ndedupe = \"yes\"\n", "dedupe"),
-            ("root = \"/r\"\nhosts = [\"a\"]\n[watch]\nmode = \"fanotify\"\n", "mode"),
-            ("root = \"/r\"\nhosts = [\"a\"]\n[watch]\nspeed = 1\n", "speed"),
-            ("root = \"/r\"\nhosts = [\"a\"]\nignore = [\"[\"]\n", "ignore"),
-            ("root = \"/r\"\nhosts = [\"a\"]\nstate_dir = \"/r/a/st\"\n", "state_dir"),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\nsettle = \"soon\"\n",
+                "settle",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\ndedupe = \"yes\"\n",
+                "dedupe",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[watch]\nmode = \"fanotify\"\n",
+                "mode",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[watch]\nspeed = 1\n",
+                "speed",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\nignore = [\"[\"]\n",
+                "ignore",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\nstate_dir = \"/r/a/st\"\n",
+                "state_dir",
+            ),
             ("hosts = [\"a\"]\n", "root"),
             ("root = \"/r\"\n", "hosts"),
         ];
         for (text, key) in cases {
             let m = err(text);
-            assert!(m.contains(key), "error for {text:?} should name {key:?}: {m}");
+            assert!(
+                m.contains(key),
+                "error for {text:?} should name {key:?}: {m}"
+            );
         }
     }
 

@@ -104,7 +104,12 @@ impl Engine {
     }
 
     fn ferr(&self, host: usize, name: &OsStr, what: &'static str, errno: Errno) -> FileError {
-        FileError::new(&self.layout.hosts[host].path, &name.to_os_string(), what, errno)
+        FileError::new(
+            &self.layout.hosts[host].path,
+            &name.to_os_string(),
+            what,
+            errno,
+        )
     }
 
     /// A file completed in `host` (renamed in, or written and settled).
@@ -123,7 +128,9 @@ impl Engine {
         if self.store.is_known(name, st.id()) {
             return Ok(Arrival::Known);
         }
-        let scope: Vec<usize> = (0..self.layout.hosts.len()).filter(|&h| h != host).collect();
+        let scope: Vec<usize> = (0..self.layout.hosts.len())
+            .filter(|&h| h != host)
+            .collect();
         self.converge(name, host, st, &scope, true)?;
         Ok(Arrival::Distributed)
     }
@@ -187,14 +194,14 @@ impl Engine {
 
         // Choose the inode that survives: the one with the most links.
         let mut winner: (usize, OwnedFd, FileStat) = (origin, ofd, ost);
-        if self.dedupe && may_switch_winner {
-            if let Some((h, s)) = identical.iter().max_by_key(|(_, s)| s.nlink)
-                && s.nlink > ost.nlink
-                && let Ok(fd) = fsops::open_path_at(self.layout.hosts[*h].fd(), name)
-                && fsops::stat_fd(fd.as_fd()).is_ok_and(|x| x.ino == s.ino && x.same_content_stamp(s))
-            {
-                winner = (*h, fd, *s);
-            }
+        if self.dedupe
+            && may_switch_winner
+            && let Some((h, s)) = identical.iter().max_by_key(|(_, s)| s.nlink)
+            && s.nlink > ost.nlink
+            && let Ok(fd) = fsops::open_path_at(self.layout.hosts[*h].fd(), name)
+            && fsops::stat_fd(fd.as_fd()).is_ok_and(|x| x.ino == s.ino && x.same_content_stamp(s))
+        {
+            winner = (*h, fd, *s);
         }
         let (_, wfd, wst) = &winner;
         let wst = *wst;
@@ -215,7 +222,11 @@ impl Engine {
         if self.dedupe {
             // Every identical copy on another inode is replaced by the winner;
             // when the winner is not the origin, the origin's holders too.
-            let mut losers: Vec<(usize, FileStat)> = identical.iter().filter(|(_, s)| s.ino != wst.ino).copied().collect();
+            let mut losers: Vec<(usize, FileStat)> = identical
+                .iter()
+                .filter(|(_, s)| s.ino != wst.ino)
+                .copied()
+                .collect();
             if wst.ino != ost.ino {
                 losers.extend(holders.iter().map(|&h| (h, ost)));
             }
@@ -277,7 +288,8 @@ impl Engine {
         for f in failures {
             self.counters.failed += 1;
             tracing::warn!(error = %f.err, "will retry");
-            self.store.owe(name, wst.id(), &self.layout.hosts[f.host].name);
+            self.store
+                .owe(name, wst.id(), &self.layout.hosts[f.host].name);
             failed.push(f.host);
         }
         Ok(failed)
@@ -298,7 +310,12 @@ impl Engine {
         let mut fb = fsops::open_read_at(self.layout.hosts[b].fd(), name, bst)
             .map_err(|e| self.ferr(b, name, "open for compare", e))?;
         let same = fsops::same_bytes(&mut fa, &mut fb).map_err(|e| {
-            self.ferr(b, name, "read for compare", Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            self.ferr(
+                b,
+                name,
+                "read for compare",
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
         })?;
         let a2 = fsops::stat_fd(fa.as_fd()).map_err(|e| self.ferr(a, name, "stat", e))?;
         let b2 = fsops::stat_fd(fb.as_fd()).map_err(|e| self.ferr(b, name, "stat", e))?;
@@ -331,7 +348,8 @@ impl Engine {
     ) -> std::result::Result<bool, FileError> {
         let tmp = self.temp_name();
         let dir = self.layout.hosts[host].fd();
-        fsops::link_fd_at(wfd.as_fd(), dir, &tmp).map_err(|e| self.ferr(host, name, "link temp", e))?;
+        fsops::link_fd_at(wfd.as_fd(), dir, &tmp)
+            .map_err(|e| self.ferr(host, name, "link temp", e))?;
         self.touched.insert(host);
         let undo = |this: &Self, what| {
             let _ = fsops::unlink_at(this.layout.hosts[host].fd(), &tmp);
@@ -366,7 +384,10 @@ impl Engine {
     /// Links still owed to hosts (failed earlier, or seeding a new host).
     pub fn pay_owed(&mut self) {
         for (name, id, hosts) in self.store.owed() {
-            let targets: Vec<usize> = hosts.iter().filter_map(|h| self.layout.index_of(h)).collect();
+            let targets: Vec<usize> = hosts
+                .iter()
+                .filter_map(|h| self.layout.index_of(h))
+                .collect();
             // Find a host that still holds this generation.
             let source = (0..self.layout.hosts.len())
                 .filter(|h| !targets.contains(h))
@@ -410,8 +431,11 @@ impl Engine {
         }
         for h in &configured {
             if !self.store.hosts().contains(h) {
-                let files: Vec<(OsString, fsops::FileId)> =
-                    self.store.all_files().map(|(n, id)| (n.clone(), id)).collect();
+                let files: Vec<(OsString, fsops::FileId)> = self
+                    .store
+                    .all_files()
+                    .map(|(n, id)| (n.clone(), id))
+                    .collect();
                 if !files.is_empty() {
                     tracing::info!(host = %h, files = files.len(), "new host: seeding it with every distributed file");
                 }
@@ -426,13 +450,18 @@ impl Engine {
     /// Lists the candidates in every host dir. Host dirs that vanished are
     /// recreated (empty). Returns name → holders, and whether every host
     /// was read completely.
-    pub fn scan(&mut self, cleanup_temps: bool) -> (HashMap<OsString, Vec<(usize, FileStat)>>, bool) {
+    pub fn scan(
+        &mut self,
+        cleanup_temps: bool,
+    ) -> (HashMap<OsString, Vec<(usize, FileStat)>>, bool) {
         let mut present: HashMap<OsString, Vec<(usize, FileStat)>> = HashMap::new();
         let mut complete = true;
         for i in 0..self.layout.hosts.len() {
             if !self.layout.host_is_current(i) {
                 match self.layout.reopen_host(i) {
-                    Ok(o) => tracing::warn!(host = %self.layout.hosts[i].name, how = ?o, "host dir was replaced or removed; reopened"),
+                    Ok(o) => {
+                        tracing::warn!(host = %self.layout.hosts[i].name, how = ?o, "host dir was replaced or removed; reopened")
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "host dir unusable");
                         complete = false;
@@ -460,7 +489,9 @@ impl Engine {
                     continue;
                 }
                 match fsops::stat_at(dir, &name) {
-                    Ok(st) if ineligible(&st).is_none() => present.entry(name).or_default().push((i, st)),
+                    Ok(st) if ineligible(&st).is_none() => {
+                        present.entry(name).or_default().push((i, st))
+                    }
                     Ok(_) | Err(Errno::ENOENT) => {}
                     Err(e) => {
                         tracing::warn!(error = %self.ferr(i, &name, "stat", e), "skipped");
@@ -494,7 +525,12 @@ impl Engine {
     /// links, re-check conflicts, forget generations pruned everywhere.
     /// Files too young to call complete are returned for the caller to
     /// settle.
-    pub fn reconcile(&mut self, now: SystemTime, settle: Duration, cleanup_temps: bool) -> Vec<Young> {
+    pub fn reconcile(
+        &mut self,
+        now: SystemTime,
+        settle: Duration,
+        cleanup_temps: bool,
+    ) -> Vec<Young> {
         let (present, complete) = self.scan(cleanup_temps);
         let mut young = Vec::new();
         let mut names: Vec<&OsString> = present.keys().collect();
@@ -546,7 +582,11 @@ impl Engine {
             let gone: Vec<(OsString, fsops::FileId)> = self
                 .store
                 .all_files()
-                .filter(|(n, id)| !present.get(*n).is_some_and(|v| v.iter().any(|(_, s)| s.id() == *id)))
+                .filter(|(n, id)| {
+                    !present
+                        .get(*n)
+                        .is_some_and(|v| v.iter().any(|(_, s)| s.id() == *id))
+                })
                 .map(|(n, id)| (n.clone(), id))
                 .collect();
             for (n, id) in gone {

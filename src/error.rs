@@ -56,7 +56,12 @@ pub struct FileError {
 }
 
 impl FileError {
-    pub fn new(host_dir: &std::path::Path, name: &OsString, what: &'static str, errno: Errno) -> Self {
+    pub fn new(
+        host_dir: &std::path::Path,
+        name: &OsString,
+        what: &'static str,
+        errno: Errno,
+    ) -> Self {
         FileError {
             path: host_dir.join(name),
             what,

@@ -12,9 +12,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::fcntl::{OFlag, RenameFlags};
 use nix::sys::stat::Mode;
-use nix::fcntl::AtFlags;
 use nix::unistd::UnlinkatFlags;
 
 /// What `statx` tells about one directory entry, without following symlinks.
@@ -158,11 +158,7 @@ pub fn open_path_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errn
 
 /// Opens a pinned regular file for reading, checking that the name still
 /// refers to the same inode.
-pub fn open_read_at(
-    dirfd: BorrowedFd<'_>,
-    name: &OsStr,
-    expect: &FileStat,
-) -> Result<File, Errno> {
+pub fn open_read_at(dirfd: BorrowedFd<'_>, name: &OsStr, expect: &FileStat) -> Result<File, Errno> {
     let fd = nix::fcntl::openat(
         dirfd,
         name,
@@ -183,14 +179,12 @@ pub fn open_read_at(
 /// Hard-links exactly the inode behind `fd` (an `O_PATH` fd) as
 /// `newdir/newname`. Fails with `EEXIST` rather than replacing anything, and
 /// with `ENOENT` when the inode has no names left.
-pub fn link_fd_at(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &OsStr) -> Result<(), Errno> {
-    nix::unistd::linkat(
-        fd,
-        c"",
-        newdir,
-        newname,
-        AtFlags::AT_EMPTY_PATH,
-    )
+pub fn link_fd_at(
+    fd: BorrowedFd<'_>,
+    newdir: BorrowedFd<'_>,
+    newname: &OsStr,
+) -> Result<(), Errno> {
+    nix::unistd::linkat(fd, c"", newdir, newname, AtFlags::AT_EMPTY_PATH)
 }
 
 /// Atomically swaps two names in one directory.
@@ -209,7 +203,12 @@ pub fn mkdir_at(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), Er
 }
 
 /// Copies owner, group and permission bits onto an open directory.
-pub fn copy_owner_mode(fd: BorrowedFd<'_>, from: &FileStat, uid: u32, gid: u32) -> Result<(), Errno> {
+pub fn copy_owner_mode(
+    fd: BorrowedFd<'_>,
+    from: &FileStat,
+    uid: u32,
+    gid: u32,
+) -> Result<(), Errno> {
     nix::unistd::fchown(
         fd,
         Some(nix::unistd::Uid::from_raw(uid)),

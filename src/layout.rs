@@ -46,7 +46,9 @@ impl Layout {
     /// that all host dirs share one filesystem.
     pub fn open(root: &Path, hosts: &[String]) -> Result<Layout> {
         let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
-            Errno::ENOENT => Error::Config(format!("root: directory {} does not exist", root.display())),
+            Errno::ENOENT => {
+                Error::Config(format!("root: directory {} does not exist", root.display()))
+            }
             Errno::ENOTDIR => Error::Config(format!("root: {} is not a directory", root.display())),
             e => Error::sys(root, e),
         })?;
@@ -101,8 +103,10 @@ impl Layout {
             e => Error::sys(&path, e),
         })?;
         if opened == Opened::Created {
-            let (uid, gid) = fsops::owner_of(self.root_fd()).map_err(|e| Error::sys(&self.root, e))?;
-            fsops::copy_owner_mode(fd.as_fd(), &self.root_stat, uid, gid).map_err(|e| Error::sys(&path, e))?;
+            let (uid, gid) =
+                fsops::owner_of(self.root_fd()).map_err(|e| Error::sys(&self.root, e))?;
+            fsops::copy_owner_mode(fd.as_fd(), &self.root_stat, uid, gid)
+                .map_err(|e| Error::sys(&path, e))?;
         }
         let stat = fsops::stat_fd(fd.as_fd()).map_err(|e| Error::sys(&path, e))?;
         Ok((
@@ -161,7 +165,12 @@ impl Layout {
     pub fn reopen_host(&mut self, i: usize) -> Result<Opened> {
         let name = self.hosts[i].name.clone();
         let (dir, opened) = self.open_host(&name)?;
-        if let Some(other) = self.hosts.iter().enumerate().find(|(j, h)| *j != i && h.stat.dev != dir.stat.dev) {
+        if let Some(other) = self
+            .hosts
+            .iter()
+            .enumerate()
+            .find(|(j, h)| *j != i && h.stat.dev != dir.stat.dev)
+        {
             return Err(Error::Refused(format!(
                 "host dir {} is on device {}, but {} is on device {}",
                 dir.path.display(),
@@ -172,5 +181,54 @@ impl Layout {
         }
         self.hosts[i] = dir;
         Ok(opened)
+    }
+}
+
+impl Layout {
+    /// Switches to a new host list (on reload). Host dirs kept stay open;
+    /// new ones are opened or created. Returns, for each old index, its new
+    /// index (None: removed). Nothing changes if a new dir is unusable or on
+    /// another filesystem.
+    pub fn set_hosts(&mut self, names: &[String]) -> Result<Vec<Option<usize>>> {
+        let mut fresh = Vec::new();
+        for n in names {
+            if self.index_of(n).is_none() {
+                let (dir, opened) = self.open_host(n)?;
+                if let Some(first) = self.hosts.first()
+                    && first.stat.dev != dir.stat.dev
+                {
+                    return Err(Error::Refused(format!(
+                        "host dir {} (device {}) is not on the filesystem of {} (device {})",
+                        dir.path.display(),
+                        dir.stat.dev,
+                        first.path.display(),
+                        first.stat.dev
+                    )));
+                }
+                if opened == Opened::Created {
+                    tracing::info!(host = %n, path = %dir.path.display(), "created missing host dir");
+                }
+                fresh.push(dir);
+            }
+        }
+        let mut old: Vec<Option<HostDir>> = std::mem::take(&mut self.hosts)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut map = vec![None; old.len()];
+        for n in names {
+            if let Some(j) = old
+                .iter()
+                .position(|h| h.as_ref().is_some_and(|h| &h.name == n))
+            {
+                map[j] = Some(self.hosts.len());
+                if let Some(h) = old[j].take() {
+                    self.hosts.push(h);
+                }
+            } else if let Some(k) = fresh.iter().position(|h| &h.name == n) {
+                self.hosts.push(fresh.remove(k));
+            }
+        }
+        Ok(map)
     }
 }

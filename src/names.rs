@@ -23,7 +23,8 @@ impl NameFilter {
     pub fn new(patterns: &[String]) -> Result<NameFilter> {
         let mut b = GlobSetBuilder::new();
         for p in patterns {
-            let g = Glob::new(p).map_err(|e| Error::Config(format!("ignore: bad glob pattern {p:?}: {e}")))?;
+            let g = Glob::new(p)
+                .map_err(|e| Error::Config(format!("ignore: bad glob pattern {p:?}: {e}")))?;
             b.add(g);
         }
         let extra = b
@@ -79,7 +80,12 @@ mod tests {
             (b"", false),
         ];
         for (name, want) in cases {
-            assert_eq!(f.is_candidate(OsStr::from_bytes(name)), *want, "{:?}", String::from_utf8_lossy(name));
+            assert_eq!(
+                f.is_candidate(OsStr::from_bytes(name)),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
         }
     }
 

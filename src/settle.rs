@@ -194,7 +194,7 @@ mod tests {
 
     enum Step {
         Note(Seen, Stamp, u64),
-        Forget(u64),
+        Forget,
         /// At time t (ms), confirm with this stamp (None = gone) and expect.
         Confirm(Option<Stamp>, u64, Verdict),
         /// At time t, expect the entry due (true) or not.
@@ -217,8 +217,10 @@ mod tests {
                         assert_eq!(v, Verdict::Wait, "step {i}");
                     }
                 }
-                Forget(_) => s.forget(&key),
-                Confirm(stamp, t, want) => assert_eq!(s.confirm(&key, *stamp, at(*t)), *want, "step {i}"),
+                Forget => s.forget(&key),
+                Confirm(stamp, t, want) => {
+                    assert_eq!(s.confirm(&key, *stamp, at(*t)), *want, "step {i}")
+                }
                 Due(t, want) => assert_eq!(s.due(at(*t)).contains(&key), *want, "step {i}"),
             }
         }
@@ -283,7 +285,11 @@ mod tests {
 
     #[test]
     fn deleted_while_settling_is_forgotten() {
-        run(&[Note(Seen::Closed, st(100, 2), 0), Forget(1_000), Due(10_000, false)]);
+        run(&[
+            Note(Seen::Closed, st(100, 2), 0),
+            Forget,
+            Due(10_000, false),
+        ]);
         run(&[
             Note(Seen::Closed, st(100, 2), 0),
             Confirm(None, 5_000, Verdict::Wait),
@@ -315,7 +321,12 @@ mod tests {
         let mut s = Settler::new(SETTLE);
         s.note((0, "a".into()), Seen::CreatedNew, st(0, 0), t0);
         assert_eq!(s.next_deadline(), None);
-        s.note((1, "b".into()), Seen::Closed, st(0, 0), t0 + Duration::from_secs(1));
+        s.note(
+            (1, "b".into()),
+            Seen::Closed,
+            st(0, 0),
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(6)));
     }
 }

@@ -118,7 +118,9 @@ impl Store {
         let path = state_dir.join(DB_NAME);
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err(&path))?;
         let mut store = Store {
@@ -150,12 +152,20 @@ impl Store {
         self.conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(&e)?;
-        self.conn.pragma_update(None, "synchronous", "FULL").map_err(&e)?;
-        self.conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(&e)?;
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(&e)?;
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(&e)?;
         self.conn.execute_batch(SCHEMA).map_err(&e)?;
         let version: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
             .ok();
         match version {
             None => {
@@ -176,12 +186,17 @@ impl Store {
         }
         self.initialized = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'initialized'", [], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'initialized'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .is_ok();
         {
-            let mut st = self.conn.prepare("SELECT name, ino, birth FROM files").map_err(&e)?;
+            let mut st = self
+                .conn
+                .prepare("SELECT name, ino, birth FROM files")
+                .map_err(&e)?;
             let rows = st
                 .query_map([], |r| {
                     Ok((
@@ -199,7 +214,10 @@ impl Store {
             }
         }
         {
-            let mut st = self.conn.prepare("SELECT name, ino, birth, host FROM owed").map_err(&e)?;
+            let mut st = self
+                .conn
+                .prepare("SELECT name, ino, birth, host FROM owed")
+                .map_err(&e)?;
             let rows = st
                 .query_map([], |r| {
                     Ok((
@@ -272,7 +290,9 @@ impl Store {
 
     /// Every recorded (name, generation).
     pub fn all_files(&self) -> impl Iterator<Item = (&OsString, FileId)> {
-        self.files.iter().flat_map(|(n, ids)| ids.iter().map(move |id| (n, *id)))
+        self.files
+            .iter()
+            .flat_map(|(n, ids)| ids.iter().map(move |id| (n, *id)))
     }
 
     pub fn file_count(&self) -> usize {
@@ -303,8 +323,14 @@ impl Store {
     }
 
     pub fn owe(&mut self, name: &OsStr, id: FileId, host: &str) {
-        if self.owed.entry((name.to_os_string(), id)).or_default().insert(host.to_string()) {
-            self.ops.push(Op::Owe(name.to_os_string(), id, host.to_string()));
+        if self
+            .owed
+            .entry((name.to_os_string(), id))
+            .or_default()
+            .insert(host.to_string())
+        {
+            self.ops
+                .push(Op::Owe(name.to_os_string(), id, host.to_string()));
         }
     }
 

@@ -1,0 +1,487 @@
+//! `distlink run` and `distlink sync`: start-up, the event loop, signals,
+//! reload and readiness.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::{Config, Overrides, WatchMode};
+use crate::engine::{self, Arrival, Engine, show};
+use crate::error::{Error, Result};
+use crate::fsops;
+use crate::layout::Layout;
+use crate::names::NameFilter;
+use crate::settle::{Key, Seen, Settler, Stamp, Verdict};
+use crate::state::Store;
+use crate::watch::{Kind, Msg, WatchEvent, Watcher};
+
+/// How often links that failed (or are owed to a new host) are retried.
+const RETRY_EVERY: Duration = Duration::from_secs(10);
+
+/// Opens the record (taking the lock) and the layout. Without a record, a
+/// root whose host dirs already hold files is refused: guessing would
+/// either resurrect prunes or strand files.
+pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
+    let layout = Layout::open(&cfg.root, &cfg.hosts)?;
+    let store = Store::open(&cfg.state_dir)?;
+    let filter = NameFilter::new(&cfg.ignore)?;
+    let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
+    if adopt {
+        let n = engine.adopt();
+        for h in cfg.hosts.iter() {
+            engine.store.add_host(h);
+        }
+        engine.store.mark_initialized();
+        engine.commit()?;
+        tracing::info!(
+            files = n,
+            "adopted the host dirs as they are: every file on disk now counts as distributed"
+        );
+    } else if !engine.store.is_initialized() {
+        if let Some(example) = engine.any_candidate() {
+            return Err(Error::Refused(format!(
+                "no record of what was distributed yet ({}), but the host dirs already hold files \
+                 (e.g. {}); distlink will not guess. Run `distlink migrate` to link every file \
+                 into every host, or `distlink sync --adopt` to take the host dirs as they are \
+                 now as already distributed",
+                engine.store.path().display(),
+                example.display()
+            )));
+        }
+        engine.sync_hosts();
+        engine.store.mark_initialized();
+        engine.commit()?;
+        tracing::info!(state = %engine.store.path().display(), "fresh start: new record created");
+    }
+    Ok(engine)
+}
+
+/// What `sync` did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    pub counters: engine::Counters,
+    pub young: usize,
+    pub owed: bool,
+}
+
+/// One reconcile pass over all hosts.
+pub fn sync(cfg: &Config, adopt: bool) -> Result<SyncReport> {
+    let mut engine = open_engine(cfg, adopt)?;
+    if adopt {
+        return Ok(SyncReport::default());
+    }
+    engine.sync_hosts();
+    let young = engine.reconcile(SystemTime::now(), cfg.settle, true);
+    engine.commit()?;
+    for y in &young {
+        tracing::info!(path = %engine.layout.hosts[y.host].path.join(&y.name).display(),
+            "not distributed yet: modified less than the settle time ago");
+    }
+    Ok(SyncReport {
+        counters: engine.counters,
+        young: young.len(),
+        owed: engine.store.has_owed(),
+    })
+}
+
+/// Tells systemd (Type=notify) a state change, when `$NOTIFY_SOCKET` is set.
+fn sd_notify(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    let addr = if let Some(abs) = bytes.strip_prefix(b"@") {
+        SocketAddr::from_abstract_name(abs)
+    } else {
+        SocketAddr::from_pathname(std::path::Path::new(&path))
+    };
+    let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
+    if let Err(e) = sent {
+        tracing::warn!(socket = ?path, error = %e, "cannot notify the service manager");
+    }
+}
+
+struct Daemon {
+    cfg: Config,
+    overrides: Overrides,
+    engine: Engine,
+    watcher: Option<Watcher>,
+    settler: Settler,
+    ready: Vec<Key>,
+    rescan: bool,
+    next_retry: Instant,
+    next_poll: Option<Instant>,
+}
+
+/// `distlink run`: reconcile, then follow events until SIGTERM/SIGINT.
+pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| Error::Io {
+            path: "signal handlers".into(),
+            source: e,
+        })?;
+    let stx = tx.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if stx.send(Msg::Signal(s)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Io {
+            path: "signal thread".into(),
+            source: e,
+        })?;
+
+    let engine = open_engine(&cfg, false)?;
+    let watcher = match cfg.watch {
+        WatchMode::Inotify => {
+            let mut w = Watcher::start(tx.clone()).map_err(|e| Error::Io {
+                path: "inotify".into(),
+                source: e,
+            })?;
+            w.watch_all(&engine.layout)?;
+            Some(w)
+        }
+        WatchMode::Poll(_) => None,
+    };
+    drop(tx);
+    let mut d = Daemon {
+        settler: Settler::new(cfg.settle),
+        next_poll: match cfg.watch {
+            WatchMode::Poll(iv) => Some(Instant::now() + iv),
+            WatchMode::Inotify => None,
+        },
+        cfg,
+        overrides,
+        engine,
+        watcher,
+        ready: Vec::new(),
+        rescan: false,
+        next_retry: Instant::now() + RETRY_EVERY,
+    };
+    // Watches are in place before the scan, so nothing slips between them.
+    d.engine.sync_hosts();
+    d.full_scan(true);
+    d.engine.commit()?;
+    tracing::info!(
+        hosts = d.engine.layout.hosts.len(),
+        root = %d.engine.layout.root.display(),
+        files = d.engine.store.file_count(),
+        mode = if d.watcher.is_some() { "inotify" } else { "poll" },
+        "ready"
+    );
+    sd_notify("READY=1");
+    let res = d.event_loop(&rx);
+    sd_notify("STOPPING=1");
+    let commit = d.engine.commit();
+    res.and(commit)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+impl Daemon {
+    fn full_scan(&mut self, cleanup_temps: bool) {
+        let young = self
+            .engine
+            .reconcile(SystemTime::now(), self.cfg.settle, cleanup_temps);
+        if self.watcher.is_some() {
+            let now = Instant::now();
+            for y in young {
+                let stamp = Stamp {
+                    size: y.stat.size,
+                    mtime_ns: y.stat.mtime_ns,
+                };
+                self.settler
+                    .note((y.host, y.name), Seen::Scanned, stamp, now);
+            }
+        }
+        // Watches may have been lost with a host dir that the scan reopened.
+        if let Some(w) = self.watcher.as_mut()
+            && let Err(e) = w.watch_all(&self.engine.layout)
+        {
+            tracing::error!(error = %e, "cannot re-watch host dirs");
+        }
+    }
+
+    fn event_loop(&mut self, rx: &Receiver<Msg>) -> Result<()> {
+        loop {
+            let now = Instant::now();
+            let mut deadline = self.next_retry;
+            if let Some(t) = self.settler.next_deadline() {
+                deadline = deadline.min(t);
+            }
+            if let Some(t) = self.next_poll {
+                deadline = deadline.min(t);
+            }
+            let wait = deadline.saturating_duration_since(now);
+            let mut stop = false;
+            match rx.recv_timeout(wait) {
+                Ok(msg) => stop |= self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Refused("event sources disconnected".into()));
+                }
+            }
+            // Take whatever else is queued, as one batch.
+            for _ in 0..4096 {
+                match rx.try_recv() {
+                    Ok(msg) => stop |= self.handle(msg),
+                    Err(_) => break,
+                }
+            }
+            self.work();
+            self.engine.commit()?;
+            if stop {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Returns true when asked to stop.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Signal(SIGTERM) | Msg::Signal(SIGINT) => {
+                tracing::info!("stopping on signal");
+                true
+            }
+            Msg::Signal(SIGHUP) => {
+                self.reload();
+                false
+            }
+            Msg::Signal(_) => false,
+            Msg::FsError(e) => {
+                tracing::error!(error = %e, "inotify read failed; falling back to rescans");
+                self.watcher = None;
+                self.next_poll = Some(Instant::now());
+                self.cfg.watch = WatchMode::Poll(crate::config::DEFAULT_POLL);
+                false
+            }
+            Msg::Fs(batch) => {
+                for ev in &batch {
+                    let Some(w) = self.watcher.as_ref() else {
+                        break;
+                    };
+                    if let Some(we) = w.classify(ev) {
+                        self.on_watch_event(we);
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    fn on_watch_event(&mut self, ev: WatchEvent) {
+        let now = Instant::now();
+        match ev {
+            WatchEvent::Overflow => {
+                tracing::warn!("inotify queue overflowed; rescanning every host dir");
+                self.rescan = true;
+            }
+            WatchEvent::HostGone(i) => self.host_changed(i),
+            WatchEvent::Root(name) => {
+                if let Some(i) = name.to_str().and_then(|n| self.engine.layout.index_of(n)) {
+                    self.host_changed(i);
+                }
+            }
+            WatchEvent::Host { host, name, kind } => {
+                if !self.engine.filter.is_candidate(&name) {
+                    return;
+                }
+                let key = (host, name);
+                match kind {
+                    Kind::Removed => self.settler.forget(&key),
+                    Kind::MovedIn => {
+                        self.settler.forget(&key);
+                        self.ready.push(key);
+                    }
+                    Kind::Created | Kind::ClosedWrite => {
+                        let st = match fsops::stat_at(self.engine.layout.hosts[host].fd(), &key.1) {
+                            Ok(st) => st,
+                            Err(_) => {
+                                self.settler.forget(&key);
+                                return;
+                            }
+                        };
+                        if engine::ineligible(&st).is_some()
+                            || self.engine.store.is_known(&key.1, st.id())
+                        {
+                            // Not a candidate, or our own link showing up.
+                            self.settler.forget(&key);
+                            return;
+                        }
+                        let seen = match kind {
+                            Kind::Created if st.nlink > 1 => Seen::CreatedLink,
+                            Kind::Created => Seen::CreatedNew,
+                            _ => Seen::Closed,
+                        };
+                        let stamp = Stamp {
+                            size: st.size,
+                            mtime_ns: st.mtime_ns,
+                        };
+                        self.settler.note(key, seen, stamp, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A host dir may have vanished or been replaced: recreate, re-watch.
+    fn host_changed(&mut self, i: usize) {
+        if self.engine.layout.host_is_current(i) {
+            return;
+        }
+        self.settler.forget_host(i);
+        match self.engine.layout.reopen_host(i) {
+            Ok(how) => {
+                let h = &self.engine.layout.hosts[i];
+                tracing::warn!(host = %h.name, path = %h.path.display(), how = ?how,
+                    "host dir vanished or was replaced; now watching the new one");
+                if let Some(w) = self.watcher.as_mut()
+                    && let Err(e) = w.watch_host(&self.engine.layout, i)
+                {
+                    tracing::error!(error = %e, "cannot watch host dir");
+                }
+                // Whatever the new dir holds is looked at by a rescan.
+                self.rescan = true;
+            }
+            Err(e) => tracing::error!(error = %e, "host dir unusable; will try again"),
+        }
+    }
+
+    /// Settles due files, distributes complete ones, retries, rescans.
+    fn work(&mut self) {
+        let now = Instant::now();
+        for key in self.settler.due(now) {
+            let stamp = fsops::stat_at(self.engine.layout.hosts[key.0].fd(), &key.1)
+                .ok()
+                .map(|st| Stamp {
+                    size: st.size,
+                    mtime_ns: st.mtime_ns,
+                });
+            if self.settler.confirm(&key, stamp, now) == Verdict::Complete {
+                self.ready.push(key);
+            }
+        }
+        let ready: BTreeSet<Key> = std::mem::take(&mut self.ready).into_iter().collect();
+        for (host, name) in ready {
+            self.arrive(host, name);
+        }
+        if self.rescan {
+            self.rescan = false;
+            self.full_scan(false);
+        }
+        if let Some(t) = self.next_poll
+            && t <= now
+        {
+            self.full_scan(false);
+            if let WatchMode::Poll(iv) = self.cfg.watch {
+                self.next_poll = Some(Instant::now() + iv);
+            }
+        }
+        if self.next_retry <= now {
+            if self.engine.store.has_owed() {
+                self.engine.pay_owed();
+            }
+            self.next_retry = Instant::now() + RETRY_EVERY;
+        }
+    }
+
+    fn arrive(&mut self, host: usize, name: OsString) {
+        if host >= self.engine.layout.hosts.len() {
+            return;
+        }
+        match self.engine.arrive(host, &name) {
+            Ok(Arrival::Distributed) => tracing::info!(
+                host = %self.engine.layout.hosts[host].name, name = %show(&name), "distributed"),
+            Ok(Arrival::Skipped(why)) => tracing::debug!(
+                host = %self.engine.layout.hosts[host].name, name = %show(&name), why, "not a candidate"),
+            Ok(Arrival::Known | Arrival::Gone) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "will look again after the settle time");
+                if let Ok(st) = fsops::stat_at(self.engine.layout.hosts[host].fd(), &name) {
+                    let stamp = Stamp {
+                        size: st.size,
+                        mtime_ns: st.mtime_ns,
+                    };
+                    self.settler
+                        .note((host, name), Seen::Scanned, stamp, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the config; an invalid one is logged and the old one
+    /// kept.
+    fn reload(&mut self) {
+        let new = match Config::load(&self.overrides) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the old config");
+                return;
+            }
+        };
+        if new.root != self.cfg.root
+            || new.state_dir != self.cfg.state_dir
+            || new.watch != self.cfg.watch
+        {
+            tracing::error!(
+                "reload: root, state_dir and watch mode can change only with a restart; keeping the old config"
+            );
+            return;
+        }
+        let filter = match NameFilter::new(&new.ignore) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the old config");
+                return;
+            }
+        };
+        let old_names: Vec<String> = self
+            .engine
+            .layout
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        let map = match self.engine.layout.set_hosts(&new.hosts) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the old config");
+                return;
+            }
+        };
+        for (old, name) in old_names.iter().enumerate() {
+            if map[old].is_none() {
+                tracing::info!(host = %name, "host removed from the config; its dir is left untouched");
+            }
+        }
+        self.settler.remap_hosts(|h| map.get(h).copied().flatten());
+        self.engine.filter = filter;
+        self.engine.dedupe = new.dedupe;
+        self.settler.set_settle(new.settle);
+        if let Some(w) = self.watcher.as_mut() {
+            for (old, m) in map.iter().enumerate() {
+                if m.is_none() {
+                    w.unwatch_host(old);
+                }
+            }
+            if let Err(e) = w.watch_all(&self.engine.layout) {
+                tracing::error!(error = %e, "cannot watch host dirs");
+            }
+        }
+        self.cfg = new;
+        self.engine.sync_hosts();
+        self.engine.pay_owed();
+        self.rescan = true;
+        tracing::info!(hosts = self.engine.layout.hosts.len(), "config reloaded");
+    }
+}

@@ -1,0 +1,205 @@
+//! inotify: one instance, one non-recursive watch per host dir plus one on
+//! the root (to notice a host dir vanishing or being replaced). Watches are
+//! placed through `/proc/self/fd/N` of the directory fds distlink holds, so
+//! they are on exactly the directories it operates on, never on whatever a
+//! path resolves to later.
+//!
+//! A reader thread turns raw events into [`Msg::Fs`] batches; the daemon
+//! loop classifies them with [`Watcher::classify`].
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::Sender;
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+
+use crate::layout::Layout;
+
+/// Everything the daemon loop waits for.
+#[derive(Debug)]
+pub enum Msg {
+    Fs(Vec<RawEvent>),
+    FsError(String),
+    Signal(i32),
+}
+
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub wd: WatchDescriptor,
+    pub mask: EventMask,
+    pub name: Option<OsString>,
+}
+
+/// What one event means for distlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A name in host dir `host`.
+    Host {
+        host: usize,
+        name: OsString,
+        kind: Kind,
+    },
+    /// A host dir itself went away (deleted or moved).
+    HostGone(usize),
+    /// A name directly in the root changed (maybe a host dir).
+    Root(OsString),
+    /// The kernel queue overflowed: events were lost, rescan everything.
+    Overflow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Created,
+    ClosedWrite,
+    MovedIn,
+    Removed,
+}
+
+const HOST_MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::ONLYDIR)
+    .union(WatchMask::EXCL_UNLINK);
+
+const ROOT_MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::ONLYDIR)
+    .union(WatchMask::EXCL_UNLINK);
+
+pub struct Watcher {
+    watches: Watches,
+    root: Option<WatchDescriptor>,
+    hosts: HashMap<WatchDescriptor, usize>,
+}
+
+impl Watcher {
+    /// Creates the inotify instance and its reader thread.
+    pub fn start(tx: Sender<Msg>) -> std::io::Result<Watcher> {
+        let mut inotify = Inotify::init()?;
+        let watches = inotify.watches();
+        std::thread::Builder::new()
+            .name("inotify".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match inotify.read_events_blocking(&mut buf) {
+                        Ok(events) => {
+                            let batch: Vec<RawEvent> = events
+                                .map(|e| RawEvent {
+                                    wd: e.wd,
+                                    mask: e.mask,
+                                    name: e.name.map(|n| n.to_os_string()),
+                                })
+                                .collect();
+                            if tx.send(Msg::Fs(batch)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Msg::FsError(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Watcher {
+            watches,
+            root: None,
+            hosts: HashMap::new(),
+        })
+    }
+
+    fn add(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        mask: WatchMask,
+    ) -> std::io::Result<WatchDescriptor> {
+        self.watches
+            .add(format!("/proc/self/fd/{}", fd.as_raw_fd()), mask)
+    }
+
+    /// Watches the root and every host dir of `layout`, replacing any
+    /// earlier host watches (host indices may have changed).
+    pub fn watch_all(&mut self, layout: &Layout) -> crate::error::Result<()> {
+        if self.root.is_none() {
+            let wd =
+                self.add(layout.root_fd(), ROOT_MASK)
+                    .map_err(|e| crate::error::Error::Io {
+                        path: layout.root.clone(),
+                        source: e,
+                    })?;
+            self.root = Some(wd);
+        }
+        self.hosts.clear();
+        for i in 0..layout.hosts.len() {
+            self.watch_host(layout, i)?;
+        }
+        Ok(())
+    }
+
+    /// (Re-)watches host dir `i`.
+    pub fn watch_host(&mut self, layout: &Layout, i: usize) -> crate::error::Result<()> {
+        let h = &layout.hosts[i];
+        let wd = self
+            .add(h.fd(), HOST_MASK)
+            .map_err(|e| crate::error::Error::Io {
+                path: h.path.clone(),
+                source: e,
+            })?;
+        self.hosts.retain(|_, v| *v != i);
+        self.hosts.insert(wd, i);
+        Ok(())
+    }
+
+    /// Stops watching a host dir (removed from the config).
+    pub fn unwatch_host(&mut self, i: usize) {
+        let wds: Vec<WatchDescriptor> = self
+            .hosts
+            .iter()
+            .filter(|(_, v)| **v == i)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for wd in wds {
+            self.hosts.remove(&wd);
+            let _ = self.watches.remove(wd);
+        }
+    }
+
+    pub fn classify(&self, ev: &RawEvent) -> Option<WatchEvent> {
+        let m = ev.mask;
+        if m.contains(EventMask::Q_OVERFLOW) {
+            return Some(WatchEvent::Overflow);
+        }
+        if Some(&ev.wd) == self.root.as_ref() {
+            return ev.name.clone().map(WatchEvent::Root);
+        }
+        let host = *self.hosts.get(&ev.wd)?;
+        if m.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED) {
+            return Some(WatchEvent::HostGone(host));
+        }
+        let name = ev.name.clone()?;
+        if m.contains(EventMask::ISDIR) {
+            return None;
+        }
+        let kind = if m.contains(EventMask::MOVED_TO) {
+            Kind::MovedIn
+        } else if m.contains(EventMask::CLOSE_WRITE) {
+            Kind::ClosedWrite
+        } else if m.contains(EventMask::CREATE) {
+            Kind::Created
+        } else if m.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+            Kind::Removed
+        } else {
+            return None;
+        };
+        Some(WatchEvent::Host { host, name, kind })
+    }
+}
