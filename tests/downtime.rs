@@ -1,0 +1,111 @@
+//! Semantics 5: the record lets a restart tell arrivals from prunes, and
+//! `kill -9` at any instant loses nothing.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::time::Duration;
+
+#[test]
+fn a_file_that_arrived_while_stopped_is_distributed_at_start() {
+    let env = Env::new(&["a", "b", "c"]);
+    let mut d = env.start();
+    assert!(d.stop().success());
+    env.fetch("b", "while-down.tar", b"arrived");
+    let d = env.start();
+    // Found by the start-up scan; as it is younger than the settle time it
+    // is linked once that has passed.
+    env.wait_everywhere("while-down.tar");
+    drop(d);
+}
+
+#[test]
+fn kill_9_during_a_burst_then_restart_leaves_every_file_everywhere() {
+    let env = Env::new(&["a", "b", "c", "d"]);
+    let mut d = env.start();
+    let staging = env.root.join("staging");
+    fs::create_dir(&staging).unwrap();
+    const N: usize = 3000;
+    for i in 0..N {
+        fs::write(staging.join(format!("f{i:05}")), format!("{i}")).unwrap();
+    }
+    for i in 0..N {
+        fs::rename(staging.join(format!("f{i:05}")), env.path("a", format!("f{i:05}"))).unwrap();
+    }
+    // Kill it mid-way through distributing.
+    assert!(wait_until(WAIT, || env.exists("d", "f00100")));
+    d.kill9();
+    let linked_before = (0..N).filter(|i| env.exists("d", format!("f{i:05}"))).count();
+    let d = env.start();
+    env.wait_everywhere(format!("f{:05}", N - 1));
+    for i in 0..N {
+        let n = format!("f{i:05}");
+        assert!(wait_until(WAIT, || env.same_inode(&["a", "b", "c", "d"], &n)));
+        assert!(env.same_inode(&["a", "b", "c", "d"], &n), "{n} missing after restart; log:\n{}", d.log());
+        assert_eq!(env.nlink("a", &n), 4, "{n}");
+    }
+    for h in ["a", "b", "c", "d"] {
+        assert_eq!(env.names(h).len(), N, "host {h} holds stray names");
+    }
+    eprintln!("linked into d before kill -9: {linked_before}/{N}");
+}
+
+#[test]
+fn no_record_but_files_present_is_refused_with_the_ways_on() {
+    let env = Env::new(&["a", "b"]);
+    env.write("a", "preexisting", b"p");
+    for sub in ["run", "sync"] {
+        let out = env.command(sub, &[]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("distlink migrate") && err.contains("distlink sync --adopt"), "{err}");
+        assert!(err.contains("preexisting"), "{err}");
+    }
+    assert!(!env.exists("b", "preexisting"));
+}
+
+#[test]
+fn adopt_takes_the_host_dirs_as_they_are() {
+    let env = Env::new(&["a", "b"]);
+    env.write("a", "only-in-a", b"a");
+    env.write("b", "only-in-b", b"b");
+    let out = env.sync(&["--adopt"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = env.start();
+    // Taken as distributed: a host lacking a name counts as having pruned it.
+    env.stays_absent("b", "only-in-a");
+    assert!(!env.exists("a", "only-in-b"));
+    // New arrivals are distributed as usual.
+    env.fetch("a", "new", b"n");
+    env.wait_everywhere("new");
+    drop(d);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_is_refused() {
+    let env = Env::new(&["a", "b"]);
+    let _d = env.start();
+    let out = env.command("run", &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lock"));
+    let out = env.sync(&[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_garbage_record_is_refused_rather_than_guessed_around() {
+    let env = Env::new(&["a", "b"]);
+    let mut d = env.start();
+    env.fetch("a", "f", b"f");
+    env.wait_everywhere("f");
+    assert!(d.stop().success());
+    let db = env.root.join(".distlink/state.db");
+    fs::write(&db, vec![0x5au8; 8192]).unwrap();
+    let _ = fs::remove_file(env.root.join(".distlink/state.db-wal"));
+    let out = env.command("run", &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("state.db") && err.contains("--adopt"), "{err}");
+    std::thread::sleep(Duration::from_millis(10));
+}
