@@ -81,6 +81,12 @@ impl Layout {
         let os = OsStr::new(name);
         let mut opened = Opened::Existing;
         match fsops::stat_at(self.root_fd(), os) {
+            Ok(st) if st.mode & libc::S_IFMT == libc::S_IFLNK => {
+                return Err(Error::Refused(format!(
+                    "host dir {} is a symlink; refusing to follow it (host {name:?})",
+                    path.display()
+                )));
+            }
             Ok(_) => {}
             Err(Errno::ENOENT) => {
                 match fsops::mkdir_at(self.root_fd(), os, 0o700) {

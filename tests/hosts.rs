@@ -1,0 +1,115 @@
+//! Semantics 6: host dirs. One filesystem; missing dirs created safely;
+//! new hosts seeded; a vanished dir recreated empty; removed hosts left as
+//! they are.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::process::Command;
+
+#[test]
+fn a_host_dir_on_another_filesystem_is_refused_at_start() {
+    let env = Env::new(&["a", "b"]);
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(env.dir("b"))
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let out = env.command("run", &[]).output().unwrap();
+    let _ = Command::new("umount").arg(env.dir("b")).status();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("one filesystem"), "{err}");
+    for h in ["a", "b"] {
+        assert!(err.contains(&env.dir(h).display().to_string()), "{err}");
+    }
+    assert!(err.contains("device"), "{err}");
+}
+
+#[test]
+fn a_missing_host_dir_is_created_with_the_roots_owner_and_mode() {
+    let env = Env::new(&["a"]);
+    fs::set_permissions(&env.root, fs::Permissions::from_mode(0o2775)).unwrap();
+    nix::unistd::chown(&env.root, Some(nix::unistd::Uid::from_raw(250)), Some(nix::unistd::Gid::from_raw(250)))
+        .unwrap();
+    let mut env = env;
+    env.hosts.push("newhost".into());
+    let d = env.start();
+    let m = fs::metadata(env.dir("newhost")).unwrap();
+    assert!(m.is_dir());
+    assert_eq!((m.uid(), m.gid()), (250, 250));
+    assert_eq!(m.mode() & 0o7777, 0o2775);
+    drop(d);
+}
+
+#[test]
+fn a_symlink_planted_as_a_host_dir_is_not_followed() {
+    let env = Env::new(&["a"]);
+    let outside = env.tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    symlink(&outside, env.dir("b")).unwrap();
+    let mut env = env;
+    env.hosts.push("b".into());
+    let out = env.command("run", &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symlink"));
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[test]
+fn a_host_new_to_the_record_is_seeded_with_every_distributed_file() {
+    let mut env = Env::new(&["a", "b"]);
+    let mut d = env.start();
+    env.fetch("a", "one", b"1");
+    env.fetch("b", "two", b"2");
+    env.wait_everywhere("one");
+    env.wait_everywhere("two");
+    assert!(d.stop().success());
+    env.hosts.push("c".into());
+    let d = env.start();
+    env.wait_everywhere("one");
+    env.wait_everywhere("two");
+    assert_eq!(env.nlink("a", "one"), 3);
+    drop(d);
+}
+
+#[test]
+fn a_vanished_host_dir_is_recreated_empty_and_watched_again() {
+    let env = Env::new(&["a", "b"]);
+    let d = env.start();
+    env.fetch("a", "before", b"x");
+    env.wait_everywhere("before");
+    // eclean-dist empties b and rmdirs it.
+    fs::remove_file(env.path("b", "before")).unwrap();
+    fs::remove_dir(env.dir("b")).unwrap();
+    assert!(wait_until(WAIT, || env.dir("b").is_dir()), "b was not recreated");
+    d.wait_log("now watching the new one", WAIT);
+    env.stays_absent("b", "before");
+    env.fetch("a", "after", b"y");
+    env.wait_everywhere("after");
+    assert!(!env.exists("b", "before"));
+    // And b's new dir is watched: its own arrivals reach a.
+    env.fetch("b", "from-b", b"z");
+    env.wait_everywhere("from-b");
+}
+
+#[test]
+fn a_host_removed_from_the_config_is_left_untouched() {
+    let mut env = Env::new(&["a", "b", "c"]);
+    let mut d = env.start();
+    env.fetch("a", "shared", b"s");
+    env.wait_everywhere("shared");
+    assert!(d.stop().success());
+    env.hosts.retain(|h| h != "c");
+    let d = env.start();
+    env.fetch("a", "later", b"l");
+    env.wait_everywhere("later");
+    assert!(env.exists("c", "shared"), "a removed host's files must stay");
+    env.stays_absent("c", "later");
+    drop(d);
+}
