@@ -164,6 +164,20 @@ impl Engine {
             if h == origin {
                 continue;
             }
+            if !self.layout.host_is_current(h) {
+                // The dir was removed or swapped (maybe for a symlink):
+                // touch nothing there until it is reopened.
+                failures.push(Failure {
+                    host: h,
+                    err: FileError::new(
+                        &self.layout.hosts[h].path,
+                        &OsString::new(),
+                        "host dir replaced",
+                        Errno::ESTALE,
+                    ),
+                });
+                continue;
+            }
             match fsops::stat_at(self.layout.hosts[h].fd(), name) {
                 Ok(s) if s.ino == ost.ino && s.dev == ost.dev => holders.push(h),
                 Ok(s) if !s.is_regular() || s.size != ost.size => different.push((h, s)),

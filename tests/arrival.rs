@@ -32,7 +32,12 @@ fn identical_copies_are_merged_into_the_inode_with_most_links_without_the_name_e
     fs::hard_link(env.path("c", "x.tar"), env.path("d", "x.tar")).unwrap();
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
     for h in ["a", "c"] {
-        fs::File::options().write(true).open(env.path(h, "x.tar")).unwrap().set_modified(old).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(env.path(h, "x.tar"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
     }
     let keep = env.ino("c", "x.tar");
     // Watch host a's name the whole time the merge may happen.
@@ -52,8 +57,16 @@ fn identical_copies_are_merged_into_the_inode_with_most_links_without_the_name_e
     env.wait_everywhere("x.tar");
     stop.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
-    assert_eq!(missing.load(Ordering::Relaxed), 0, "the name vanished during the merge");
-    assert_eq!(env.ino("a", "x.tar"), keep, "the inode with more links must survive");
+    assert_eq!(
+        missing.load(Ordering::Relaxed),
+        0,
+        "the name vanished during the merge"
+    );
+    assert_eq!(
+        env.ino("a", "x.tar"),
+        keep,
+        "the inode with more links must survive"
+    );
     assert_eq!(env.nlink("a", "x.tar"), 4);
     assert_eq!(fs::read(env.path("b", "x.tar")).unwrap(), data);
     assert!(d.log().contains("merged"));
@@ -73,7 +86,10 @@ fn a_live_arrival_merges_into_an_identical_copy_elsewhere() {
     // b prunes it and downloads it again: a new inode with the same bytes.
     fs::remove_file(env.path("b", "same")).unwrap();
     env.fetch("b", "same", b"identical bytes");
-    assert!(wait_until(WAIT, || env.ino("b", "same") == first), "b's new copy was not merged");
+    assert!(
+        wait_until(WAIT, || env.ino("b", "same") == first),
+        "b's new copy was not merged"
+    );
     assert!(env.same_inode(&["a", "b", "c"], "same"));
     drop(d);
 }
@@ -95,10 +111,24 @@ fn different_content_under_one_name_is_a_conflict_and_both_stay_untouched() {
     d.wait_log("conflict", WAIT);
     // ...but a's different file is left exactly as it was.
     assert_eq!(env.ino("a", "reroll.tar.gz"), v1);
-    assert_eq!(fs::read(env.path("a", "reroll.tar.gz")).unwrap(), b"upstream v1");
-    assert_eq!(fs::read(env.path("b", "reroll.tar.gz")).unwrap(), b"upstream v2!");
-    assert_eq!(d.count_log("conflict"), 1, "one warning per conflict:\n{}", d.log());
-    assert!(d.log().contains(&env.path("a", "reroll.tar.gz").display().to_string()));
+    assert_eq!(
+        fs::read(env.path("a", "reroll.tar.gz")).unwrap(),
+        b"upstream v1"
+    );
+    assert_eq!(
+        fs::read(env.path("b", "reroll.tar.gz")).unwrap(),
+        b"upstream v2!"
+    );
+    assert_eq!(
+        d.count_log("conflict"),
+        1,
+        "one warning per conflict:\n{}",
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains(&env.path("a", "reroll.tar.gz").display().to_string())
+    );
     assert!(d.stop().success());
     // A restart neither touches them nor warns again.
     let mut d = env.start();
@@ -110,7 +140,9 @@ fn different_content_under_one_name_is_a_conflict_and_both_stay_untouched() {
     // The conflict is in the record, for status/check.
     let db = env.root.join(".distlink/state.db");
     let conn = rusqlite::Connection::open(db).unwrap();
-    let n: i64 = conn.query_row("SELECT count(*) FROM conflicts", [], |r| r.get(0)).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM conflicts", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 1);
 }
 

@@ -54,7 +54,11 @@ fn symlinks_dirs_fifos_sockets_and_setid_files_are_never_linked() {
     symlink("/etc/shadow", env.path("a", "shadow")).unwrap();
     fs::create_dir(env.path("a", "git3-src")).unwrap();
     fs::write(env.path("a", "git3-src").join("inside"), b"x").unwrap();
-    nix::unistd::mkfifo(&env.path("a", "fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    nix::unistd::mkfifo(
+        &env.path("a", "fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     let _sock = std::os::unix::net::UnixListener::bind(env.path("a", "sock")).unwrap();
     env.write("a", "setuid", b"x");
     fs::set_permissions(env.path("a", "setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
@@ -72,15 +76,33 @@ fn symlinks_dirs_fifos_sockets_and_setid_files_are_never_linked() {
     std::thread::sleep(std::time::Duration::from_millis(800));
     env.all_stays_absent(
         "b",
-        &["evil-link", "shadow", "git3-src", "fifo", "sock", "setuid", "setgid", "setuid-moved"],
+        &[
+            "evil-link",
+            "shadow",
+            "git3-src",
+            "fifo",
+            "sock",
+            "setuid",
+            "setgid",
+            "setuid-moved",
+        ],
     );
     // The outside file was not touched, its link count is 1.
-    assert_eq!(fs::metadata(&outside).map(|m| std::os::unix::fs::MetadataExt::nlink(&m)).unwrap(), 1);
+    assert_eq!(
+        fs::metadata(&outside)
+            .map(|m| std::os::unix::fs::MetadataExt::nlink(&m))
+            .unwrap(),
+        1
+    );
     // A full scan (sync after stop) also ignores them.
     let mut d = d;
     assert!(d.stop().success());
     let out = env.sync(&[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(env.names("b"), vec![b"marker".to_vec()]);
 }
 
@@ -88,7 +110,12 @@ fn symlinks_dirs_fifos_sockets_and_setid_files_are_never_linked() {
 fn non_utf8_and_newline_names_work_like_any_other() {
     let env = Env::new(&["a", "b", "c"]);
     let d = env.start();
-    let weird: [&[u8]; 4] = [b"caf\xe9-1.0.tar.gz", b"line\nbreak.tar", b"-rf", b"\xff\xfe\xfd"];
+    let weird: [&[u8]; 4] = [
+        b"caf\xe9-1.0.tar.gz",
+        b"line\nbreak.tar",
+        b"-rf",
+        b"\xff\xfe\xfd",
+    ];
     for n in weird {
         env.fetch("a", OsStr::from_bytes(n), n);
     }

@@ -37,7 +37,10 @@ fn a_file_still_being_written_is_never_linked() {
     f.write_all(b"end").unwrap();
     drop(f); // CLOSE_WRITE
     env.wait_everywhere("big.tar");
-    assert_eq!(fs::metadata(env.path("b", "big.tar")).unwrap().len(), 5 * 4096 + 3);
+    assert_eq!(
+        fs::metadata(env.path("b", "big.tar")).unwrap().len(),
+        5 * 4096 + 3
+    );
     drop(d);
 }
 
@@ -47,14 +50,21 @@ fn a_file_rewritten_after_close_waits_for_the_settle_time_again() {
     let d = env.start();
     // Close, then reopen and append before the settle time passes, a few times.
     for i in 0..4 {
-        let mut f = OpenOptions::new().create(true).append(true).open(env.path("a", "grow")).unwrap();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(env.path("a", "grow"))
+            .unwrap();
         f.write_all(format!("chunk{i}").as_bytes()).unwrap();
         drop(f);
         std::thread::sleep(Duration::from_millis(100));
         assert!(!env.exists("b", "grow"), "linked while still changing");
     }
     env.wait_everywhere("grow");
-    assert_eq!(fs::read(env.path("b", "grow")).unwrap(), b"chunk0chunk1chunk2chunk3");
+    assert_eq!(
+        fs::read(env.path("b", "grow")).unwrap(),
+        b"chunk0chunk1chunk2chunk3"
+    );
     drop(d);
 }
 
@@ -67,7 +77,12 @@ fn duplicate_close_events_are_harmless() {
     let ino = env.ino("a", "dup");
     // Re-open and close for writing without changing it: more CLOSE_WRITEs.
     for _ in 0..3 {
-        drop(OpenOptions::new().write(true).open(env.path("a", "dup")).unwrap());
+        drop(
+            OpenOptions::new()
+                .write(true)
+                .open(env.path("a", "dup"))
+                .unwrap(),
+        );
     }
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(env.ino("b", "dup"), ino);
@@ -90,8 +105,15 @@ fn sync_links_old_files_and_leaves_young_ones() {
     env.write("a", "young", b"y");
     env.settle = "1h".into();
     let out = env.sync(&[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(env.same_inode(&["a", "b"], "old"));
-    assert!(!env.exists("b", "young"), "a file modified within the settle time was linked by a scan");
+    assert!(
+        !env.exists("b", "young"),
+        "a file modified within the settle time was linked by a scan"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 not yet settled"));
 }

@@ -31,18 +31,28 @@ fn kill_9_during_a_burst_then_restart_leaves_every_file_everywhere() {
         fs::write(staging.join(format!("f{i:05}")), format!("{i}")).unwrap();
     }
     for i in 0..N {
-        fs::rename(staging.join(format!("f{i:05}")), env.path("a", format!("f{i:05}"))).unwrap();
+        fs::rename(
+            staging.join(format!("f{i:05}")),
+            env.path("a", format!("f{i:05}")),
+        )
+        .unwrap();
     }
     // Kill it mid-way through distributing.
     assert!(wait_until(WAIT, || env.exists("d", "f00100")));
     d.kill9();
-    let linked_before = (0..N).filter(|i| env.exists("d", format!("f{i:05}"))).count();
+    let linked_before = (0..N)
+        .filter(|i| env.exists("d", format!("f{i:05}")))
+        .count();
     let d = env.start();
     env.wait_everywhere(format!("f{:05}", N - 1));
     for i in 0..N {
         let n = format!("f{i:05}");
         assert!(wait_until(WAIT, || env.same_inode(&["a", "b", "c", "d"], &n)));
-        assert!(env.same_inode(&["a", "b", "c", "d"], &n), "{n} missing after restart; log:\n{}", d.log());
+        assert!(
+            env.same_inode(&["a", "b", "c", "d"], &n),
+            "{n} missing after restart; log:\n{}",
+            d.log()
+        );
         assert_eq!(env.nlink("a", &n), 4, "{n}");
     }
     for h in ["a", "b", "c", "d"] {
@@ -59,7 +69,10 @@ fn no_record_but_files_present_is_refused_with_the_ways_on() {
         let out = env.command(sub, &[]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{sub}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("distlink migrate") && err.contains("distlink sync --adopt"), "{err}");
+        assert!(
+            err.contains("distlink migrate") && err.contains("distlink sync --adopt"),
+            "{err}"
+        );
         assert!(err.contains("preexisting"), "{err}");
     }
     assert!(!env.exists("b", "preexisting"));
@@ -71,7 +84,11 @@ fn adopt_takes_the_host_dirs_as_they_are() {
     env.write("a", "only-in-a", b"a");
     env.write("b", "only-in-b", b"b");
     let out = env.sync(&["--adopt"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let d = env.start();
     // Taken as distributed: a host lacking a name counts as having pruned it.
     env.stays_absent("b", "only-in-a");

@@ -35,8 +35,12 @@ fn a_host_dir_on_another_filesystem_is_refused_at_start() {
 fn a_missing_host_dir_is_created_with_the_roots_owner_and_mode() {
     let env = Env::new(&["a"]);
     fs::set_permissions(&env.root, fs::Permissions::from_mode(0o2775)).unwrap();
-    nix::unistd::chown(&env.root, Some(nix::unistd::Uid::from_raw(250)), Some(nix::unistd::Gid::from_raw(250)))
-        .unwrap();
+    nix::unistd::chown(
+        &env.root,
+        Some(nix::unistd::Uid::from_raw(250)),
+        Some(nix::unistd::Gid::from_raw(250)),
+    )
+    .unwrap();
     let mut env = env;
     env.hosts.push("newhost".into());
     let d = env.start();
@@ -87,7 +91,10 @@ fn a_vanished_host_dir_is_recreated_empty_and_watched_again() {
     // eclean-dist empties b and rmdirs it.
     fs::remove_file(env.path("b", "before")).unwrap();
     fs::remove_dir(env.dir("b")).unwrap();
-    assert!(wait_until(WAIT, || env.dir("b").is_dir()), "b was not recreated");
+    assert!(
+        wait_until(WAIT, || env.dir("b").is_dir()),
+        "b was not recreated"
+    );
     d.wait_log("now watching the new one", WAIT);
     env.stays_absent("b", "before");
     env.fetch("a", "after", b"y");
@@ -109,7 +116,10 @@ fn a_host_removed_from_the_config_is_left_untouched() {
     let d = env.start();
     env.fetch("a", "later", b"l");
     env.wait_everywhere("later");
-    assert!(env.exists("c", "shared"), "a removed host's files must stay");
+    assert!(
+        env.exists("c", "shared"),
+        "a removed host's files must stay"
+    );
     env.stays_absent("c", "later");
     drop(d);
 }

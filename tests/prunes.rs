@@ -73,6 +73,8 @@ fn a_prune_of_every_copy_frees_the_record_entry() {
     fs::remove_file(env.path("b", "tmp1")).unwrap();
     assert!(env.sync(&[]).status.success());
     let conn = rusqlite::Connection::open(env.root.join(".distlink/state.db")).unwrap();
-    let n: i64 = conn.query_row("SELECT count(*) FROM files", [], |r| r.get(0)).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 0, "a generation pruned everywhere is forgotten");
 }

@@ -35,7 +35,10 @@ pub struct Env {
 impl Env {
     /// A root holding one (empty) dir per host.
     pub fn new(hosts: &[&str]) -> Env {
-        let tmp = tempfile::Builder::new().prefix("distlink-test").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("distlink-test")
+            .tempdir()
+            .expect("tempdir");
         let root = tmp.path().join("distfiles");
         fs::create_dir(&root).expect("mkdir root");
         for h in hosts {
@@ -79,7 +82,9 @@ impl Env {
 
     /// Runs `distlink sync` (plus arguments) to completion.
     pub fn sync(&self, more: &[&str]) -> Output {
-        self.command("sync", more).output().expect("run distlink sync")
+        self.command("sync", more)
+            .output()
+            .expect("run distlink sync")
     }
 
     /// Starts `distlink run` and waits until it is ready.
@@ -135,11 +140,15 @@ impl Env {
     }
 
     pub fn ino(&self, host: &str, name: impl AsRef<OsStr>) -> Option<u64> {
-        fs::symlink_metadata(self.path(host, name)).ok().map(|m| m.ino())
+        fs::symlink_metadata(self.path(host, name))
+            .ok()
+            .map(|m| m.ino())
     }
 
     pub fn nlink(&self, host: &str, name: impl AsRef<OsStr>) -> u64 {
-        fs::symlink_metadata(self.path(host, name)).map(|m| m.nlink()).unwrap_or(0)
+        fs::symlink_metadata(self.path(host, name))
+            .map(|m| m.nlink())
+            .unwrap_or(0)
     }
 
     pub fn exists(&self, host: &str, name: impl AsRef<OsStr>) -> bool {
@@ -165,7 +174,10 @@ impl Env {
             wait_until(WAIT, || self.same_inode(&hosts, name)),
             "{} never became one inode in every host: {:?}",
             show(name),
-            hosts.iter().map(|h| (h, self.ino(h, name))).collect::<Vec<_>>()
+            hosts
+                .iter()
+                .map(|h| (h, self.ino(h, name)))
+                .collect::<Vec<_>>()
         );
     }
 
@@ -195,7 +207,11 @@ impl Env {
 
     pub fn names(&self, host: &str) -> Vec<Vec<u8>> {
         let mut v: Vec<Vec<u8>> = fs::read_dir(self.dir(host))
-            .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name().as_bytes().to_vec()).collect())
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().as_bytes().to_vec())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -255,7 +271,11 @@ impl Daemon {
                 std::thread::sleep(Duration::from_millis(50));
                 return s;
             }
-            assert!(Instant::now() < end, "process did not exit; log:\n{}", self.log());
+            assert!(
+                Instant::now() < end,
+                "process did not exit; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,0 +1,108 @@
+//! Semantics 8: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the config,
+//! readiness is logged and sent to $NOTIFY_SOCKET.
+
+mod common;
+use common::*;
+
+use nix::sys::signal::Signal;
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+fn run_with_config(cfg: &std::path::Path) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["run", "--settle", SETTLE, "--config"]).arg(cfg);
+    c
+}
+
+#[test]
+fn sigterm_and_sigint_stop_with_exit_0() {
+    let env = Env::new(&["a", "b"]);
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut d = env.start();
+        env.fetch("a", format!("f-{sig:?}"), b"x");
+        env.wait_everywhere(format!("f-{sig:?}"));
+        d.signal(sig);
+        let st = d.wait(WAIT);
+        assert_eq!(st.code(), Some(0), "{sig:?}: {}", d.log());
+        assert!(d.log().contains("stopped"));
+    }
+}
+
+#[test]
+fn sighup_adds_a_host_and_seeds_it() {
+    let env = Env::new(&["a", "b"]);
+    let root = env.root.display();
+    let cfg = env.config(&format!("root = \"{root}\"\nhosts = [\"a\", \"b\"]\n"));
+    let d = env.spawn(run_with_config(&cfg));
+    d.wait_log("ready", WAIT);
+    env.fetch("a", "existing", b"e");
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "existing")));
+    env.config(&format!(
+        "root = \"{root}\"\nhosts = [\"a\", \"b\", \"c\"]\n"
+    ));
+    d.signal(Signal::SIGHUP);
+    d.wait_log("config reloaded", WAIT);
+    assert!(
+        wait_until(WAIT, || env.same_inode(&["a", "b", "c"], "existing")),
+        "{}",
+        d.log()
+    );
+    env.fetch("c", "from-c", b"c");
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b", "c"], "from-c")));
+}
+
+#[test]
+fn sighup_with_an_invalid_config_keeps_the_old_one() {
+    let env = Env::new(&["a", "b"]);
+    let root = env.root.display();
+    let cfg = env.config(&format!("root = \"{root}\"\nhosts = [\"a\", \"b\"]\n"));
+    let d = env.spawn(run_with_config(&cfg));
+    d.wait_log("ready", WAIT);
+    env.config(&format!(
+        "root = \"{root}\"\nhosts = [\"a\", \"b\"]\nsettle = 5\n"
+    ));
+    d.signal(Signal::SIGHUP);
+    d.wait_log("keeping the old config", WAIT);
+    assert!(d.log().contains("settle"), "{}", d.log());
+    env.fetch("b", "still-works", b"s");
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "still-works")));
+}
+
+#[test]
+fn sighup_applies_new_ignore_globs() {
+    let env = Env::new(&["a", "b"]);
+    let root = env.root.display();
+    let cfg = env.config(&format!("root = \"{root}\"\nhosts = [\"a\", \"b\"]\n"));
+    let d = env.spawn(run_with_config(&cfg));
+    d.wait_log("ready", WAIT);
+    env.config(&format!(
+        "root = \"{root}\"\nhosts = [\"a\", \"b\"]\nignore = [\"*.iso\"]\n"
+    ));
+    d.signal(Signal::SIGHUP);
+    d.wait_log("config reloaded", WAIT);
+    env.fetch("a", "big.iso", b"i");
+    env.fetch("a", "small.tar", b"t");
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "small.tar")));
+    env.stays_absent("b", "big.iso");
+}
+
+#[test]
+fn readiness_is_logged_and_sent_to_notify_socket() {
+    let env = Env::new(&["a", "b"]);
+    let sock_path = env.tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut cmd = env.command("run", &[]);
+    cmd.env("NOTIFY_SOCKET", &sock_path);
+    let mut d = env.spawn(cmd);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no READY=1 received");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(d.log().contains("ready"));
+    d.signal(Signal::SIGTERM);
+    let n = sock.recv(&mut buf).expect("no STOPPING=1 received");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(d.wait(WAIT).success());
+}
