@@ -8,7 +8,10 @@ use std::process::Command;
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(bin()).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -23,17 +26,35 @@ fn usage_and_config_errors_exit_2_naming_the_key() {
         (vec!["run", "--root", &root], "hosts"),
         (vec!["run", "--root", &root, "--host", "a/b"], "hosts"),
         (vec!["run", "--root", &root, "--host", ".."], "hosts"),
-        (vec!["run", "--root", &root, "--host", "a", "--host", "a"], "twice"),
-        (vec!["run", "--root", &root, "--host", "a", "--settle", "soon"], "settle"),
-        (vec!["run", "--config", bad_cfg.to_str().unwrap()], "frobnicate"),
-        (vec!["run", "--root", missing.to_str().unwrap(), "--host", "a"], "does not exist"),
-        (vec!["sync", "--config", "/nonexistent/distlink.toml"], "/nonexistent/distlink.toml"),
+        (
+            vec!["run", "--root", &root, "--host", "a", "--host", "a"],
+            "twice",
+        ),
+        (
+            vec!["run", "--root", &root, "--host", "a", "--settle", "soon"],
+            "settle",
+        ),
+        (
+            vec!["run", "--config", bad_cfg.to_str().unwrap()],
+            "frobnicate",
+        ),
+        (
+            vec!["run", "--root", missing.to_str().unwrap(), "--host", "a"],
+            "does not exist",
+        ),
+        (
+            vec!["sync", "--config", "/nonexistent/distlink.toml"],
+            "/nonexistent/distlink.toml",
+        ),
         (vec!["frobnicate"], "frobnicate"),
     ];
     for (args, want) in cases {
         let (code, err) = run(&args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
-        assert!(err.contains(want), "{args:?} should mention {want:?}: {err}");
+        assert!(
+            err.contains(want),
+            "{args:?} should mention {want:?}: {err}"
+        );
     }
 }
 
@@ -43,7 +64,10 @@ fn a_toml_syntax_error_names_the_file_and_line() {
     let cfg = env.config("root = \"/x\"\nhosts = [\"a\"\nsettle = \"1s\"\n");
     let (code, err) = run(&["sync", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("line") && err.contains(cfg.to_str().unwrap()), "{err}");
+    assert!(
+        err.contains("line") && err.contains(cfg.to_str().unwrap()),
+        "{err}"
+    );
 }
 
 #[test]

@@ -26,7 +26,12 @@ fn a_failed_link_is_logged_with_its_path_and_retried() {
     // sync meanwhile? It cannot take the lock: stop the daemon, sync fails (exit 1).
     assert!(d.stop().success());
     let out = env.sync(&[]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = Command::new("chattr").arg("-i").arg(env.dir("b")).status();
     let d = env.start();
     env.wait_everywhere("blocked");
@@ -36,7 +41,12 @@ fn a_failed_link_is_logged_with_its_path_and_retried() {
 #[test]
 fn a_failed_link_is_retried_while_running() {
     let env = Env::new(&["a", "b"]);
-    if !Command::new("chattr").arg("+i").arg(env.dir("b")).status().is_ok_and(|s| s.success()) {
+    if !Command::new("chattr")
+        .arg("+i")
+        .arg(env.dir("b"))
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         eprintln!("skipped: chattr +i does not work here");
         return;
     }
