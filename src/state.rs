@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -91,10 +92,16 @@ impl Store {
     /// Opens (creating if needed) the record in `state_dir` and takes the
     /// exclusive lock; a second writer is refused.
     pub fn open(state_dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::Io {
-            path: state_dir.to_path_buf(),
-            source: e,
-        })?;
+        if !state_dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(|e| Error::Io {
+                    path: state_dir.to_path_buf(),
+                    source: e,
+                })?;
+        }
         let lock_path = state_dir.join(LOCK_NAME);
         let lock_file = std::fs::OpenOptions::new()
             .create(true)

@@ -126,3 +126,22 @@ fn a_garbage_record_is_refused_rather_than_guessed_around() {
     assert!(err.contains("state.db") && err.contains("--adopt"), "{err}");
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn temp_links_left_by_a_crash_are_cleaned_up_only_when_safe() {
+    let env = Env::new(&["a", "b"]);
+    let mut d = env.start();
+    env.fetch("a", "kept", b"k");
+    env.wait_everywhere("kept");
+    assert!(d.stop().success());
+    // A crash mid-merge can leave a temp link: one that is an extra link of
+    // a file still named elsewhere is dropped...
+    fs::hard_link(env.path("a", "kept"), env.path("b", ".distlink-tmp.999.1")).unwrap();
+    // ...one that is the only link to its bytes is left for the admin.
+    fs::write(env.path("b", ".distlink-tmp.999.2"), b"only copy").unwrap();
+    let d = env.start();
+    assert!(!env.exists("b", ".distlink-tmp.999.1"));
+    assert!(env.exists("b", ".distlink-tmp.999.2"));
+    assert!(d.log().contains("left for the admin"));
+    assert_eq!(env.nlink("a", "kept"), 2);
+}

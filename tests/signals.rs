@@ -106,3 +106,24 @@ fn readiness_is_logged_and_sent_to_notify_socket() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(d.wait(WAIT).success());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let env = Env::new(&["a", "b"]);
+    let d = env.start_with(&["--log-format", "json"]);
+    env.fetch("a", "j", b"j");
+    env.wait_everywhere("j");
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(
+            l.starts_with('{') && l.ends_with('}'),
+            "not a JSON object: {l}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"message\":\"ready\"")),
+        "{log}"
+    );
+}
