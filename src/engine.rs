@@ -43,6 +43,20 @@ pub enum Arrival {
     Distributed,
 }
 
+/// Why a name is being converged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A new generation completed: every host lacking the name gets it;
+    /// identical copies merge into the inode with the most links.
+    Arrival,
+    /// Links owed to some hosts (a failed link, a new host): the recorded
+    /// generation is what they get.
+    Owed,
+    /// Every generation present is known, yet the name is on more than
+    /// one inode: merge identical copies, record conflicts, fill no gaps.
+    Tidy,
+}
+
 /// One host dir that could not be brought in line this time.
 #[derive(Debug)]
 struct Failure {
@@ -131,7 +145,7 @@ impl Engine {
         let scope: Vec<usize> = (0..self.layout.hosts.len())
             .filter(|&h| h != host)
             .collect();
-        self.converge(name, host, st, &scope, true)?;
+        self.converge(name, host, st, &scope, Mode::Arrival)?;
         Ok(Arrival::Distributed)
     }
 
@@ -144,7 +158,7 @@ impl Engine {
         origin: usize,
         expect: FileStat,
         scope: &[usize],
-        may_switch_winner: bool,
+        mode: Mode,
     ) -> std::result::Result<Vec<usize>, FileError> {
         let ofd = fsops::open_path_at(self.layout.hosts[origin].fd(), name)
             .map_err(|e| self.ferr(origin, name, "open", e))?;
@@ -209,7 +223,7 @@ impl Engine {
         // Choose the inode that survives: the one with the most links.
         let mut winner: (usize, OwnedFd, FileStat) = (origin, ofd, ost);
         if self.dedupe
-            && may_switch_winner
+            && mode != Mode::Owed
             && let Some((h, s)) = identical.iter().max_by_key(|(_, s)| s.nlink)
             && s.nlink > ost.nlink
             && let Ok(fd) = fsops::open_path_at(self.layout.hosts[*h].fd(), name)
@@ -220,6 +234,11 @@ impl Engine {
         let (_, wfd, wst) = &winner;
         let wst = *wst;
 
+        // A host lacking a known generation pruned it: only arrivals and
+        // owed links fill gaps.
+        if mode == Mode::Tidy {
+            lacking.clear();
+        }
         for h in lacking {
             match fsops::link_fd_at(wfd.as_fd(), self.layout.hosts[h].fd(), name) {
                 Ok(()) => {
@@ -414,13 +433,15 @@ impl Engine {
                 });
             let failed = match source {
                 None => Vec::new(), // gone everywhere: nothing left to hand out
-                Some((origin, st)) => match self.converge(&name, origin, st, &targets, false) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "will retry");
-                        continue;
+                Some((origin, st)) => {
+                    match self.converge(&name, origin, st, &targets, Mode::Owed) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "will retry");
+                            continue;
+                        }
                     }
-                },
+                }
             };
             for h in hosts {
                 let idx = self.layout.index_of(&h);
@@ -572,7 +593,7 @@ impl Engine {
                     continue;
                 }
                 let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
-                if let Err(e) = self.converge(name, *h, *st, &scope, true) {
+                if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Arrival) {
                     tracing::warn!(error = %e, "will retry");
                 }
                 acted = true;
@@ -582,7 +603,7 @@ impl Engine {
                 // (re)record conflicts.
                 if let Some((h, st)) = inodes.iter().max_by_key(|(_, s)| s.nlink) {
                     let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
-                    if let Err(e) = self.converge(name, *h, *st, &scope, true) {
+                    if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Tidy) {
                         tracing::warn!(error = %e, "will retry");
                     }
                 }

@@ -78,3 +78,29 @@ fn a_prune_of_every_copy_frees_the_record_entry() {
         .unwrap();
     assert_eq!(n, 0, "a generation pruned everywhere is forgotten");
 }
+
+#[test]
+fn merging_known_copies_never_fills_a_hosts_gap() {
+    // After --adopt, a and c hold identical copies on two inodes and b has
+    // none (taken as pruned). Merging a and c must not hand b a link.
+    let env = Env::new(&["a", "b", "c"]);
+    env.write("a", "twin.tar", b"same bytes");
+    env.write("c", "twin.tar", b"same bytes");
+    assert!(env.sync(&["--adopt"]).status.success());
+    let d = env.start();
+    assert!(
+        wait_until(WAIT, || env.same_inode(&["a", "c"], "twin.tar")),
+        "{}",
+        d.log()
+    );
+    env.stays_absent("b", "twin.tar");
+    drop(d);
+    // Likewise for different bytes (a conflict).
+    let env = Env::new(&["a", "b", "c"]);
+    env.write("a", "diff.tar", b"one");
+    env.write("c", "diff.tar", b"two");
+    assert!(env.sync(&["--adopt"]).status.success());
+    let d = env.start();
+    d.wait_log("conflict", WAIT);
+    env.stays_absent("b", "diff.tar");
+}
