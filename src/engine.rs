@@ -627,6 +627,11 @@ impl Engine {
             for (n, id) in gone {
                 self.store.forget(&n, id);
             }
+            for n in self.store.conflict_names() {
+                if !present.contains_key(&n) {
+                    self.store.set_conflicts(&n, Vec::new());
+                }
+            }
         }
         young
     }

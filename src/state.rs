@@ -393,6 +393,10 @@ impl Store {
         self.conflicts.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    pub fn conflict_names(&self) -> Vec<OsString> {
+        self.conflicts.keys().cloned().collect()
+    }
+
     pub fn conflict_count(&self) -> usize {
         self.conflicts.values().map(Vec::len).sum()
     }
