@@ -127,3 +127,26 @@ fn json_logs_are_one_object_per_line() {
         "{log}"
     );
 }
+
+#[test]
+fn sighup_removing_a_host_leaves_it_alone_and_keeps_the_others_linked() {
+    let env = Env::new(&["a", "b", "c"]);
+    let root = env.root.display();
+    let cfg = env.config(&format!(
+        "root = \"{root}\"\nhosts = [\"a\", \"b\", \"c\"]\n"
+    ));
+    let d = env.spawn(run_with_config(&cfg));
+    d.wait_log("ready", WAIT);
+    env.config(&format!("root = \"{root}\"\nhosts = [\"a\", \"c\"]\n"));
+    d.signal(Signal::SIGHUP);
+    d.wait_log("config reloaded", WAIT);
+    env.fetch("c", "from-c", b"c");
+    env.fetch("a", "from-a", b"a");
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "c"], "from-c")));
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "c"], "from-a")));
+    env.all_stays_absent("b", &["from-a", "from-c"]);
+    // b's own new files are no longer distributed either.
+    env.fetch("b", "from-b", b"b");
+    env.all_stays_absent("a", &["from-b"]);
+    assert!(env.exists("b", "from-b"));
+}
