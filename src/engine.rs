@@ -9,8 +9,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -489,8 +490,8 @@ impl Engine {
         &mut self,
         cleanup_temps: bool,
     ) -> (HashMap<OsString, Vec<(usize, FileStat)>>, bool) {
-        let mut present: HashMap<OsString, Vec<(usize, FileStat)>> = HashMap::new();
         let mut complete = true;
+        let mut usable = Vec::new();
         for i in 0..self.layout.hosts.len() {
             if !self.layout.host_is_current(i) {
                 match self.layout.reopen_host(i) {
@@ -504,35 +505,38 @@ impl Engine {
                     }
                 }
             }
-            let dir = self.layout.hosts[i].fd();
-            let entries = match fsops::list_dir(dir) {
-                Ok(v) => v,
+            usable.push(i);
+        }
+        let dirs: Vec<(BorrowedFd<'_>, &Path)> = usable
+            .iter()
+            .map(|&i| {
+                (
+                    self.layout.hosts[i].fd(),
+                    self.layout.hosts[i].path.as_path(),
+                )
+            })
+            .collect();
+        let listings = list_dirs(&dirs, &self.filter);
+        let mut present: HashMap<OsString, Vec<(usize, FileStat)>> = HashMap::new();
+        let mut temps = Vec::new();
+        for (&i, listing) in usable.iter().zip(listings) {
+            match listing {
+                Ok(l) => {
+                    complete &= l.complete;
+                    for (name, st) in l.files {
+                        present.entry(name).or_default().push((i, st));
+                    }
+                    temps.extend(l.temps.into_iter().map(|t| (i, t)));
+                }
                 Err(e) => {
                     tracing::error!(path = %self.layout.hosts[i].path.display(), error = %e, "cannot list host dir");
                     complete = false;
-                    continue;
                 }
-            };
-            for name in entries {
-                if names::is_own_temp(&name) {
-                    if cleanup_temps {
-                        self.cleanup_temp(i, &name);
-                    }
-                    continue;
-                }
-                if !self.filter.is_candidate(&name) {
-                    continue;
-                }
-                match fsops::stat_at(dir, &name) {
-                    Ok(st) if ineligible(&st).is_none() => {
-                        present.entry(name).or_default().push((i, st))
-                    }
-                    Ok(_) | Err(Errno::ENOENT) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %self.ferr(i, &name, "stat", e), "skipped");
-                        complete = false;
-                    }
-                }
+            }
+        }
+        if cleanup_temps {
+            for (i, t) in temps {
+                self.cleanup_temp(i, &t);
             }
         }
         (present, complete)
@@ -688,6 +692,86 @@ impl Engine {
         }
         self.store.commit()
     }
+}
+
+/// What one directory holds, as far as distlink is concerned.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Candidates: (name, statx).
+    pub files: Vec<(OsString, FileStat)>,
+    /// distlink's own leftover temp names.
+    pub temps: Vec<OsString>,
+    /// False when some entry could not be looked at.
+    pub complete: bool,
+}
+
+/// Lists the candidates directly inside one directory: names that pass
+/// the filter and entries that are eligible regular files.
+pub fn list_candidates(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    filter: &NameFilter,
+) -> std::result::Result<Listing, Errno> {
+    let mut out = Listing {
+        complete: true,
+        ..Listing::default()
+    };
+    for name in fsops::list_dir(dir)? {
+        if names::is_own_temp(&name) {
+            out.temps.push(name);
+            continue;
+        }
+        if !filter.is_candidate(&name) {
+            continue;
+        }
+        match fsops::stat_at(dir, &name) {
+            Ok(st) if ineligible(&st).is_none() => out.files.push((name, st)),
+            Ok(_) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.join(&name).display(), error = %e, "cannot stat; skipped");
+                out.complete = false;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`list_candidates`] over many directories, spread over the CPUs.
+pub fn list_dirs(
+    dirs: &[(BorrowedFd<'_>, &Path)],
+    filter: &NameFilter,
+) -> Vec<std::result::Result<Listing, Errno>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(dirs.len().max(1));
+    if threads <= 1 {
+        return dirs
+            .iter()
+            .map(|(fd, p)| list_candidates(*fd, p, filter))
+            .collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<std::result::Result<Listing, Errno>>>> =
+        dirs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((fd, p)) = dirs.get(i) else { break };
+                    let r = list_candidates(*fd, p, filter);
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().ok().flatten().unwrap_or(Err(Errno::EIO)))
+        .collect()
 }
 
 /// A name for logs: lossless for UTF-8, escaped otherwise.
