@@ -61,16 +61,142 @@ pub struct Conflict {
     pub other_ino: u64,
 }
 
+/// The record as loaded from the database: the in-memory mirror the daemon
+/// keeps, and what `status`/`check` read.
+#[derive(Debug, Default, Clone)]
+pub struct Record {
+    pub initialized: bool,
+    pub files: HashMap<OsString, Vec<FileId>>,
+    pub owed: BTreeMap<(OsString, FileId), BTreeSet<String>>,
+    pub hosts: BTreeSet<String>,
+    pub conflicts: HashMap<OsString, Vec<Conflict>>,
+}
+
+impl Record {
+    fn load(conn: &Connection, p: &Path) -> Result<Record> {
+        let e = db_err(p);
+        let mut rec = Record::default();
+        rec.initialized = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'initialized'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .is_ok();
+        {
+            let mut st = conn
+                .prepare("SELECT name, ino, birth FROM files")
+                .map_err(&e)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
+                        FileId {
+                            ino: r.get::<_, i64>(1)? as u64,
+                            birth: r.get(2)?,
+                        },
+                    ))
+                })
+                .map_err(&e)?;
+            for row in rows {
+                let (name, id) = row.map_err(&e)?;
+                rec.files.entry(name).or_default().push(id);
+            }
+        }
+        {
+            let mut st = conn
+                .prepare("SELECT name, ino, birth, host FROM owed")
+                .map_err(&e)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
+                        FileId {
+                            ino: r.get::<_, i64>(1)? as u64,
+                            birth: r.get(2)?,
+                        },
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(&e)?;
+            for row in rows {
+                let (name, id, host) = row.map_err(&e)?;
+                rec.owed.entry((name, id)).or_default().insert(host);
+            }
+        }
+        {
+            let mut st = conn.prepare("SELECT name FROM hosts").map_err(&e)?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(&e)?;
+            for row in rows {
+                rec.hosts.insert(row.map_err(&e)?);
+            }
+        }
+        {
+            let mut st = conn
+                .prepare("SELECT name, host, ino, other_host, other_ino FROM conflicts")
+                .map_err(&e)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Conflict {
+                        name: OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
+                        host: r.get(1)?,
+                        ino: r.get::<_, i64>(2)? as u64,
+                        other_host: r.get(3)?,
+                        other_ino: r.get::<_, i64>(4)? as u64,
+                    })
+                })
+                .map_err(&e)?;
+            for row in rows {
+                let c = row.map_err(&e)?;
+                rec.conflicts.entry(c.name.clone()).or_default().push(c);
+            }
+        }
+        Ok(rec)
+    }
+
+    pub fn is_known(&self, name: &OsStr, id: FileId) -> bool {
+        self.files.get(name).is_some_and(|v| v.contains(&id))
+    }
+}
+
+/// Reads the record without taking the lock (the daemon may be writing).
+/// `Ok(None)`: there is no record yet.
+pub fn read_only(state_dir: &Path) -> Result<Option<Record>> {
+    let path = state_dir.join(DB_NAME);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err(&path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db_err(&path))?;
+    Record::load(&conn, &path).map(Some)
+}
+
+/// The pid of the process holding the state lock (a running daemon, or a
+/// `sync`/`migrate` in progress), if any.
+pub fn lock_holder(state_dir: &Path) -> Option<u32> {
+    let path = state_dir.join(LOCK_NAME);
+    let file = File::open(&path).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => None,
+        Err((mut f, _)) => {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut f, &mut s);
+            Some(s.trim().parse().unwrap_or(0))
+        }
+    }
+}
+
 /// The record, opened for writing (holds the state lock).
 pub struct Store {
     conn: Connection,
     path: PathBuf,
     _lock: Flock<File>,
-    initialized: bool,
-    files: HashMap<OsString, Vec<FileId>>,
-    owed: BTreeMap<(OsString, FileId), BTreeSet<String>>,
-    hosts: BTreeSet<String>,
-    conflicts: HashMap<OsString, Vec<Conflict>>,
+    rec: Record,
     ops: Vec<Op>,
 }
 
@@ -122,6 +248,10 @@ impl Store {
                 Error::sys(&lock_path, e)
             }
         })?;
+        // Tell `status` who holds the lock.
+        let mut lock = lock;
+        let _ = lock.set_len(0);
+        let _ = std::io::Write::write_all(&mut *lock, std::process::id().to_string().as_bytes());
         let path = state_dir.join(DB_NAME);
         let conn = Connection::open_with_flags(
             &path,
@@ -134,11 +264,7 @@ impl Store {
             conn,
             path,
             _lock: lock,
-            initialized: false,
-            files: HashMap::new(),
-            owed: BTreeMap::new(),
-            hosts: BTreeSet::new(),
-            conflicts: HashMap::new(),
+            rec: Record::default(),
             ops: Vec::new(),
         };
         store.setup().map_err(|e| match e {
@@ -191,85 +317,7 @@ impl Store {
                 });
             }
         }
-        self.initialized = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'initialized'",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .is_ok();
-        {
-            let mut st = self
-                .conn
-                .prepare("SELECT name, ino, birth FROM files")
-                .map_err(&e)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
-                        FileId {
-                            ino: r.get::<_, i64>(1)? as u64,
-                            birth: r.get(2)?,
-                        },
-                    ))
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let (name, id) = row.map_err(&e)?;
-                self.files.entry(name).or_default().push(id);
-            }
-        }
-        {
-            let mut st = self
-                .conn
-                .prepare("SELECT name, ino, birth, host FROM owed")
-                .map_err(&e)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
-                        FileId {
-                            ino: r.get::<_, i64>(1)? as u64,
-                            birth: r.get(2)?,
-                        },
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let (name, id, host) = row.map_err(&e)?;
-                self.owed.entry((name, id)).or_default().insert(host);
-            }
-        }
-        {
-            let mut st = self.conn.prepare("SELECT name FROM hosts").map_err(&e)?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(&e)?;
-            for row in rows {
-                self.hosts.insert(row.map_err(&e)?);
-            }
-        }
-        {
-            let mut st = self
-                .conn
-                .prepare("SELECT name, host, ino, other_host, other_ino FROM conflicts")
-                .map_err(&e)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok(Conflict {
-                        name: OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
-                        host: r.get(1)?,
-                        ino: r.get::<_, i64>(2)? as u64,
-                        other_host: r.get(3)?,
-                        other_ino: r.get::<_, i64>(4)? as u64,
-                    })
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let c = row.map_err(&e)?;
-                self.conflicts.entry(c.name.clone()).or_default().push(c);
-            }
-        }
+        self.rec = Record::load(&self.conn, &p)?;
         Ok(())
     }
 
@@ -279,35 +327,36 @@ impl Store {
 
     /// False until the first start (or `--adopt`) wrote a record.
     pub fn is_initialized(&self) -> bool {
-        self.initialized
+        self.rec.initialized
     }
 
     pub fn mark_initialized(&mut self) {
-        self.initialized = true;
+        self.rec.initialized = true;
         self.ops.push(Op::Initialized);
     }
 
     pub fn is_known(&self, name: &OsStr, id: FileId) -> bool {
-        self.files.get(name).is_some_and(|v| v.contains(&id))
+        self.rec.files.get(name).is_some_and(|v| v.contains(&id))
     }
 
     pub fn ids_of(&self, name: &OsStr) -> &[FileId] {
-        self.files.get(name).map(Vec::as_slice).unwrap_or(&[])
+        self.rec.files.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Every recorded (name, generation).
     pub fn all_files(&self) -> impl Iterator<Item = (&OsString, FileId)> {
-        self.files
+        self.rec
+            .files
             .iter()
             .flat_map(|(n, ids)| ids.iter().map(move |id| (n, *id)))
     }
 
     pub fn file_count(&self) -> usize {
-        self.files.values().map(Vec::len).sum()
+        self.rec.files.values().map(Vec::len).sum()
     }
 
     pub fn record(&mut self, name: &OsStr, id: FileId, size: u64) {
-        let v = self.files.entry(name.to_os_string()).or_default();
+        let v = self.rec.files.entry(name.to_os_string()).or_default();
         if !v.contains(&id) {
             v.push(id);
             self.ops.push(Op::Record(name.to_os_string(), id, size));
@@ -315,13 +364,13 @@ impl Store {
     }
 
     pub fn forget(&mut self, name: &OsStr, id: FileId) {
-        if let Some(v) = self.files.get_mut(name) {
+        if let Some(v) = self.rec.files.get_mut(name) {
             v.retain(|x| *x != id);
             if v.is_empty() {
-                self.files.remove(name);
+                self.rec.files.remove(name);
             }
         }
-        if let Some(hosts) = self.owed.remove(&(name.to_os_string(), id)) {
+        if let Some(hosts) = self.rec.owed.remove(&(name.to_os_string(), id)) {
             for h in hosts {
                 self.ops.push(Op::Paid(name.to_os_string(), id, h));
             }
@@ -331,6 +380,7 @@ impl Store {
 
     pub fn owe(&mut self, name: &OsStr, id: FileId, host: &str) {
         if self
+            .rec
             .owed
             .entry((name.to_os_string(), id))
             .or_default()
@@ -343,11 +393,11 @@ impl Store {
 
     pub fn paid(&mut self, name: &OsStr, id: FileId, host: &str) {
         let key = (name.to_os_string(), id);
-        if let Some(set) = self.owed.get_mut(&key)
+        if let Some(set) = self.rec.owed.get_mut(&key)
             && set.remove(host)
         {
             if set.is_empty() {
-                self.owed.remove(&key);
+                self.rec.owed.remove(&key);
             }
             self.ops.push(Op::Paid(key.0, id, host.to_string()));
         }
@@ -355,66 +405,71 @@ impl Store {
 
     /// Links still owed: (name, generation) → hosts.
     pub fn owed(&self) -> Vec<(OsString, FileId, Vec<String>)> {
-        self.owed
+        self.rec
+            .owed
             .iter()
             .map(|((n, id), hs)| (n.clone(), *id, hs.iter().cloned().collect()))
             .collect()
     }
 
     pub fn has_owed(&self) -> bool {
-        !self.owed.is_empty()
+        !self.rec.owed.is_empty()
     }
 
     pub fn hosts(&self) -> &BTreeSet<String> {
-        &self.hosts
+        &self.rec.hosts
     }
 
     pub fn add_host(&mut self, host: &str) {
-        if self.hosts.insert(host.to_string()) {
+        if self.rec.hosts.insert(host.to_string()) {
             self.ops.push(Op::AddHost(host.to_string()));
         }
     }
 
     /// Drops a host from the record (its owed links and conflicts go too).
     pub fn remove_host(&mut self, host: &str) {
-        if self.hosts.remove(host) {
+        if self.rec.hosts.remove(host) {
             self.ops.push(Op::RemoveHost(host.to_string()));
         }
-        for set in self.owed.values_mut() {
+        for set in self.rec.owed.values_mut() {
             set.remove(host);
         }
-        self.owed.retain(|_, s| !s.is_empty());
-        for v in self.conflicts.values_mut() {
+        self.rec.owed.retain(|_, s| !s.is_empty());
+        for v in self.rec.conflicts.values_mut() {
             v.retain(|c| c.host != host && c.other_host != host);
         }
     }
 
     pub fn conflicts_of(&self, name: &OsStr) -> &[Conflict] {
-        self.conflicts.get(name).map(Vec::as_slice).unwrap_or(&[])
+        self.rec
+            .conflicts
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn conflict_names(&self) -> Vec<OsString> {
-        self.conflicts.keys().cloned().collect()
+        self.rec.conflicts.keys().cloned().collect()
     }
 
     pub fn conflict_count(&self) -> usize {
-        self.conflicts.values().map(Vec::len).sum()
+        self.rec.conflicts.values().map(Vec::len).sum()
     }
 
     /// Replaces the recorded conflicts of one name.
     pub fn set_conflicts(&mut self, name: &OsStr, list: Vec<Conflict>) {
-        let old = self.conflicts.get(name).cloned().unwrap_or_default();
+        let old = self.rec.conflicts.get(name).cloned().unwrap_or_default();
         if old == list {
             return;
         }
         self.ops.push(Op::ClearConflicts(name.to_os_string()));
         if list.is_empty() {
-            self.conflicts.remove(name);
+            self.rec.conflicts.remove(name);
         } else {
             for c in &list {
                 self.ops.push(Op::Conflict(c.clone()));
             }
-            self.conflicts.insert(name.to_os_string(), list);
+            self.rec.conflicts.insert(name.to_os_string(), list);
         }
     }
 
