@@ -75,14 +75,16 @@ pub struct Record {
 impl Record {
     fn load(conn: &Connection, p: &Path) -> Result<Record> {
         let e = db_err(p);
-        let mut rec = Record::default();
-        rec.initialized = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'initialized'",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .is_ok();
+        let mut rec = Record {
+            initialized: conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'initialized'",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )
+                .is_ok(),
+            ..Record::default()
+        };
         {
             let mut st = conn
                 .prepare("SELECT name, ino, birth FROM files")
