@@ -29,6 +29,17 @@ pub struct Counters {
     pub merged: u64,
     pub conflicts: u64,
     pub failed: u64,
+    /// Bytes freed by merging identical copies.
+    pub reclaimed: u64,
+}
+
+/// How far a long operation got.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
 }
 
 /// What became of one arrival.
@@ -79,6 +90,8 @@ pub struct Engine {
     pub store: Store,
     pub dedupe: bool,
     pub counters: Counters,
+    /// Decide and count, but change nothing on disk or in the record.
+    pub dry_run: bool,
     touched: BTreeSet<usize>,
     seq: u64,
 }
@@ -113,6 +126,7 @@ impl Engine {
             store,
             dedupe,
             counters: Counters::default(),
+            dry_run: false,
             touched: BTreeSet::new(),
             seq: 0,
         }
@@ -225,7 +239,9 @@ impl Engine {
         let mut winner: (usize, OwnedFd, FileStat) = (origin, ofd, ost);
         if self.dedupe
             && mode != Mode::Owed
-            && let Some((h, s)) = identical.iter().max_by_key(|(_, s)| s.nlink)
+            && let Some((h, s)) = identical
+                .iter()
+                .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
             && s.nlink > ost.nlink
             && let Ok(fd) = fsops::open_path_at(self.layout.hosts[*h].fd(), name)
             && fsops::stat_fd(fd.as_fd()).is_ok_and(|x| x.ino == s.ino && x.same_content_stamp(s))
@@ -241,6 +257,10 @@ impl Engine {
             lacking.clear();
         }
         for h in lacking {
+            if self.dry_run {
+                self.counters.linked += 1;
+                continue;
+            }
             match fsops::link_fd_at(wfd.as_fd(), self.layout.hosts[h].fd(), name) {
                 Ok(()) => {
                     self.touched.insert(h);
@@ -265,6 +285,13 @@ impl Engine {
                 losers.extend(holders.iter().map(|&h| (h, ost)));
             }
             for (h, s) in losers {
+                if self.dry_run {
+                    self.counters.merged += 1;
+                    if s.nlink == 1 {
+                        self.counters.reclaimed += s.size;
+                    }
+                    continue;
+                }
                 match self.replace(h, name, wfd, &wst, &s) {
                     Ok(true) => {
                         self.counters.merged += 1;
@@ -329,8 +356,6 @@ impl Engine {
         Ok(failed)
     }
 
-    /// Compares the bytes of two files, proving afterwards (by re-stat)
-    /// that neither changed while being read.
     fn same_content(
         &self,
         name: &OsStr,
@@ -339,24 +364,9 @@ impl Engine {
         b: usize,
         bst: &FileStat,
     ) -> std::result::Result<bool, FileError> {
-        let mut fa = fsops::open_read_at(self.layout.hosts[a].fd(), name, ast)
-            .map_err(|e| self.ferr(a, name, "open for compare", e))?;
-        let mut fb = fsops::open_read_at(self.layout.hosts[b].fd(), name, bst)
-            .map_err(|e| self.ferr(b, name, "open for compare", e))?;
-        let same = fsops::same_bytes(&mut fa, &mut fb).map_err(|e| {
-            self.ferr(
-                b,
-                name,
-                "read for compare",
-                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            )
-        })?;
-        let a2 = fsops::stat_fd(fa.as_fd()).map_err(|e| self.ferr(a, name, "stat", e))?;
-        let b2 = fsops::stat_fd(fb.as_fd()).map_err(|e| self.ferr(b, name, "stat", e))?;
-        if !a2.same_content_stamp(ast) || !b2.same_content_stamp(bst) {
-            return Err(self.ferr(b, name, "changed while being compared", Errno::EAGAIN));
-        }
-        Ok(same)
+        let ha = &self.layout.hosts[a];
+        let hb = &self.layout.hosts[b];
+        same_content((ha.fd(), &ha.path), ast, (hb.fd(), &hb.path), bst, name)
     }
 
     fn temp_name(&mut self) -> OsString {
@@ -401,6 +411,9 @@ impl Engine {
         match fsops::stat_at(dir, &tmp) {
             Ok(swapped) if swapped.same_content_stamp(old) => {
                 fsops::unlink_at(dir, &tmp).map_err(|e| self.ferr(host, name, "unlink temp", e))?;
+                if swapped.nlink == 1 {
+                    self.counters.reclaimed += swapped.size;
+                }
                 Ok(true)
             }
             _ => {
@@ -605,7 +618,10 @@ impl Engine {
             if !acted && inodes.len() > 1 && !self.conflicts_cover(name, holders) {
                 // All known, yet not one inode: merge identical copies and
                 // (re)record conflicts.
-                if let Some((h, st)) = inodes.iter().max_by_key(|(_, s)| s.nlink) {
+                if let Some((h, st)) = inodes
+                    .iter()
+                    .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
+                {
                     let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
                     if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Tidy) {
                         tracing::warn!(error = %e, "will retry");
@@ -655,6 +671,80 @@ impl Engine {
         })
     }
 
+    /// `distlink migrate`: takes the host dirs as they are and links every
+    /// candidate into every host that lacks it (identical copies merged,
+    /// different ones left as conflicts), then records every file present
+    /// as distributed, so the daemon starts clean. Resumable: it only ever
+    /// adds what is missing. Files younger than `settle` are left out.
+    pub fn link_everything(
+        &mut self,
+        now: SystemTime,
+        settle: Duration,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<Young>> {
+        let (present, _) = self.scan(!self.dry_run);
+        let configured: Vec<String> = self.layout.hosts.iter().map(|h| h.name.clone()).collect();
+        for h in self.store.hosts().clone() {
+            if !configured.contains(&h) {
+                self.store.remove_host(&h);
+            }
+        }
+        for h in &configured {
+            self.store.add_host(h);
+        }
+        let mut names: Vec<&OsString> = present.keys().collect();
+        names.sort();
+        let mut p = Progress {
+            files_total: names.len() as u64,
+            bytes_total: present.values().map(|v| v[0].1.size).sum(),
+            ..Progress::default()
+        };
+        let all: Vec<usize> = (0..self.layout.hosts.len()).collect();
+        let mut young = Vec::new();
+        for (k, name) in names.iter().enumerate() {
+            let holders = &present[*name];
+            p.files_done += 1;
+            p.bytes_done += holders[0].1.size;
+            progress(p);
+            if let Some((h, st)) = holders.iter().find(|(_, st)| !old_enough(st, now, settle)) {
+                young.push(Young {
+                    host: *h,
+                    name: (*name).clone(),
+                    stat: *st,
+                });
+                continue;
+            }
+            let Some((h, st)) = holders
+                .iter()
+                .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
+            else {
+                continue;
+            };
+            let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
+            if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Arrival) {
+                tracing::warn!(error = %e, "not linked; run migrate again");
+                continue;
+            }
+            if !self.dry_run {
+                // Every copy left (conflicting ones too) counts as distributed.
+                for i in &all {
+                    if let Ok(s) = fsops::stat_at(self.layout.hosts[*i].fd(), name)
+                        && ineligible(&s).is_none()
+                    {
+                        self.store.record(name, s.id(), s.size);
+                    }
+                }
+            }
+            if k % 1000 == 999 {
+                self.commit()?;
+            }
+        }
+        self.pay_owed();
+        self.store.mark_initialized();
+        self.commit()?;
+        Ok(young)
+    }
+
     /// Takes every candidate on disk now as already distributed (no links
     /// are made): `distlink sync --adopt`.
     pub fn adopt(&mut self) -> usize {
@@ -683,6 +773,9 @@ impl Engine {
 
     /// Makes the links durable, then writes the record.
     pub fn commit(&mut self) -> Result<()> {
+        if self.dry_run {
+            return Ok(());
+        }
         for h in std::mem::take(&mut self.touched) {
             if let Some(dir) = self.layout.hosts.get(h)
                 && let Err(e) = fsops::fsync_fd(dir.fd())
@@ -777,4 +870,199 @@ pub fn list_dirs(
 /// A name for logs: lossless for UTF-8, escaped otherwise.
 pub fn show(name: &OsStr) -> String {
     name.as_bytes().escape_ascii().to_string()
+}
+
+/// Compares the bytes of `name` in two directories, proving afterwards (by
+/// re-stat of the open files) that neither changed while being read.
+pub fn same_content(
+    a: (BorrowedFd<'_>, &Path),
+    ast: &FileStat,
+    b: (BorrowedFd<'_>, &Path),
+    bst: &FileStat,
+    name: &OsStr,
+) -> std::result::Result<bool, FileError> {
+    let ea = |what, e| FileError::new(a.1, &name.to_os_string(), what, e);
+    let eb = |what, e| FileError::new(b.1, &name.to_os_string(), what, e);
+    if ast.size != bst.size {
+        return Ok(false);
+    }
+    let mut fa = fsops::open_read_at(a.0, name, ast).map_err(|e| ea("open for compare", e))?;
+    let mut fb = fsops::open_read_at(b.0, name, bst).map_err(|e| eb("open for compare", e))?;
+    let same = fsops::same_bytes(&mut fa, &mut fb).map_err(|e| {
+        eb(
+            "read for compare",
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })?;
+    let a2 = fsops::stat_fd(fa.as_fd()).map_err(|e| ea("stat", e))?;
+    let b2 = fsops::stat_fd(fb.as_fd()).map_err(|e| eb("stat", e))?;
+    if !a2.same_content_stamp(ast) || !b2.same_content_stamp(bst) {
+        return Err(eb("changed while being compared", Errno::EAGAIN));
+    }
+    Ok(same)
+}
+
+/// Removes one candidate from a directory, provided it still is the file
+/// that was selected (same inode, size and mtime). Returns whether that
+/// removed its last link, i.e. freed its bytes. With `dry_run`, only says
+/// what it would do.
+pub fn remove_candidate(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    name: &OsStr,
+    expect: &FileStat,
+    dry_run: bool,
+) -> std::result::Result<bool, FileError> {
+    let err = |what, e| FileError::new(path, &name.to_os_string(), what, e);
+    let st = fsops::stat_at(dir, name).map_err(|e| err("stat", e))?;
+    if !st.same_content_stamp(expect) || ineligible(&st).is_some() {
+        return Err(err(
+            "changed since it was selected; left alone",
+            Errno::ESTALE,
+        ));
+    }
+    if !dry_run {
+        fsops::unlink_at(dir, name).map_err(|e| err("unlink", e))?;
+    }
+    Ok(st.nlink == 1)
+}
+
+/// What importing a flat DISTDIR did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Imported {
+    /// Renamed into the host dir (same filesystem).
+    pub moved: u64,
+    /// Copied, fsynced, verified, then removed from the source.
+    pub copied: u64,
+    /// Already in the host dir with identical bytes: the source name was
+    /// dropped (nothing is lost).
+    pub duplicates: u64,
+    /// Same name, different bytes: both left in place.
+    pub conflicts: Vec<String>,
+    pub bytes: u64,
+    pub errors: Vec<String>,
+}
+
+/// Moves every candidate of a flat directory into a host dir: a rename on
+/// one filesystem, else (with `copy`) a copy that is fsynced and verified
+/// before the original is removed. A file never leaves its old place
+/// before it is complete in the new one; an existing name is never
+/// replaced.
+pub fn import_flat(
+    from: &Path,
+    host: &crate::layout::HostDir,
+    filter: &NameFilter,
+    copy: bool,
+    dry_run: bool,
+    mut progress: impl FnMut(u64),
+) -> Result<Imported> {
+    use crate::error::Error;
+    let src = fsops::open_dir_path(from)
+        .map_err(|e| Error::Usage(format!("--from {}: {e}", from.display())))?;
+    let sst = fsops::stat_fd(src.as_fd()).map_err(|e| Error::sys(from, e))?;
+    if sst.dev != host.stat.dev && !copy {
+        return Err(Error::Usage(format!(
+            "--from {} is on another filesystem than {}; pass --copy to copy (fsync, verify, then remove)",
+            from.display(),
+            host.path.display()
+        )));
+    }
+    let listing = list_candidates(src.as_fd(), from, filter).map_err(|e| Error::sys(from, e))?;
+    let mut out = Imported::default();
+    let mut seq = 0u64;
+    let mut files = listing.files;
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, st) in files {
+        progress(st.size);
+        let err = |what, e| FileError::new(from, &name, what, e).to_string();
+        match fsops::stat_at(host.fd(), &name) {
+            Err(Errno::ENOENT) => {}
+            Ok(t) if t.ino == st.ino && t.dev == st.dev => {
+                // Already linked there: the source name is a spare link.
+                out.duplicates += 1;
+                if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {
+                    out.errors.push(err("unlink", e));
+                }
+                continue;
+            }
+            Ok(t) => {
+                match same_content((src.as_fd(), from), &st, (host.fd(), &host.path), &t, &name) {
+                    Ok(true) => {
+                        out.duplicates += 1;
+                        if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {
+                            out.errors.push(err("unlink", e));
+                        }
+                    }
+                    Ok(false) => out.conflicts.push(format!(
+                        "{} differs from {}; both left in place",
+                        from.join(&name).display(),
+                        host.path.join(&name).display()
+                    )),
+                    Err(e) => out.errors.push(e.to_string()),
+                }
+                continue;
+            }
+            Err(e) => {
+                out.errors
+                    .push(FileError::new(&host.path, &name, "stat", e).to_string());
+                continue;
+            }
+        }
+        out.bytes += st.size;
+        if dry_run {
+            if sst.dev == host.stat.dev {
+                out.moved += 1;
+            } else {
+                out.copied += 1;
+            }
+            continue;
+        }
+        if sst.dev == host.stat.dev {
+            match fsops::rename_noreplace(src.as_fd(), &name, host.fd(), &name) {
+                Ok(()) => out.moved += 1,
+                Err(e) => out.errors.push(err("rename into host dir", e)),
+            }
+            continue;
+        }
+        // Copy under a temp name, verify, then give it its name.
+        seq += 1;
+        let mut tmp = names::TEMP_PREFIX.to_vec();
+        tmp.extend_from_slice(format!("{}.c{seq}", std::process::id()).as_bytes());
+        let tmp = OsStr::from_bytes(&tmp).to_os_string();
+        let res = (|| -> std::result::Result<(), String> {
+            let mut f = fsops::open_read_at(src.as_fd(), &name, &st).map_err(|e| err("open", e))?;
+            let (uid, gid) = fsops::owner_at(src.as_fd(), &name).map_err(|e| err("stat", e))?;
+            fsops::copy_new(&mut f, host.fd(), &tmp, &st, uid, gid)
+                .map_err(|e| FileError::new(&host.path, &tmp, "copy", e).to_string())?;
+            let copied = fsops::stat_at(host.fd(), &tmp).map_err(|e| err("stat copy", e))?;
+            let mut a = fsops::open_read_at(src.as_fd(), &name, &st).map_err(|e| err("open", e))?;
+            let mut b =
+                fsops::open_read_at(host.fd(), &tmp, &copied).map_err(|e| err("open copy", e))?;
+            if !fsops::same_bytes(&mut a, &mut b)
+                .map_err(|e| format!("{}: verify: {e}", from.join(&name).display()))?
+            {
+                return Err(format!(
+                    "{}: copy does not verify",
+                    from.join(&name).display()
+                ));
+            }
+            fsops::rename_noreplace(host.fd(), &tmp, host.fd(), &name)
+                .map_err(|e| err("rename copy into place", e))?;
+            fsops::fsync_fd(host.fd()).map_err(|e| err("fsync host dir", e))?;
+            fsops::unlink_at(src.as_fd(), &name).map_err(|e| err("remove original", e))?;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => out.copied += 1,
+            Err(e) => {
+                let _ = fsops::unlink_at(host.fd(), &tmp);
+                out.errors.push(e);
+            }
+        }
+    }
+    if !dry_run {
+        let _ = fsops::fsync_fd(host.fd());
+        let _ = fsops::fsync_fd(src.as_fd());
+    }
+    Ok(out)
 }

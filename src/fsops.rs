@@ -279,3 +279,52 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     }
     Ok(n)
 }
+
+/// Renames `from_dir/from` to `to_dir/to`, failing with `EEXIST` rather
+/// than replacing anything.
+pub fn rename_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+) -> Result<(), Errno> {
+    nix::fcntl::renameat2(from_dir, from, to_dir, to, RenameFlags::RENAME_NOREPLACE)
+}
+
+/// Copies the open file `src` into a new file `dir/name` (which must not
+/// exist), with the given owner, mode and mtime, and fsyncs it.
+pub fn copy_new(
+    src: &mut File,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    like: &FileStat,
+    uid: u32,
+    gid: u32,
+) -> Result<(), Errno> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let mut dst = File::from(fd);
+    let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    std::io::copy(src, &mut dst).map_err(io)?;
+    nix::unistd::fchown(
+        dst.as_fd(),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )?;
+    nix::sys::stat::fchmod(dst.as_fd(), Mode::from_bits_truncate(like.mode & 0o777))?;
+    let mtime =
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(like.mtime_ns.max(0) as u64);
+    dst.set_modified(mtime).map_err(io)?;
+    dst.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// Owner of a directory entry (without following symlinks).
+pub fn owner_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(u32, u32), Errno> {
+    let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok((st.st_uid, st.st_gid))
+}

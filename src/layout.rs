@@ -238,3 +238,52 @@ impl Layout {
         Ok(map)
     }
 }
+
+impl Layout {
+    /// Opens the root and the host dirs that exist, creating nothing (for
+    /// read-only commands). Returns the problems found with the others.
+    pub fn open_existing(root: &Path, hosts: &[String]) -> Result<(Layout, Vec<String>)> {
+        let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
+            Errno::ENOENT => {
+                Error::Config(format!("root: directory {} does not exist", root.display()))
+            }
+            e => Error::sys(root, e),
+        })?;
+        let root_stat = fsops::stat_fd(root_fd.as_fd()).map_err(|e| Error::sys(root, e))?;
+        let mut layout = Layout {
+            root: root.to_path_buf(),
+            root_fd,
+            root_stat,
+            hosts: Vec::new(),
+        };
+        let mut problems = Vec::new();
+        for h in hosts {
+            let path = root.join(h);
+            match fsops::stat_at(layout.root_fd(), OsStr::new(h)) {
+                Err(Errno::ENOENT) => problems.push(format!(
+                    "host dir {} is missing (host {h:?})",
+                    path.display()
+                )),
+                Err(e) => problems.push(format!("host dir {}: {e}", path.display())),
+                Ok(st) if !st.is_dir() => problems.push(format!(
+                    "host dir {} is a {}, not a directory (host {h:?})",
+                    path.display(),
+                    st.kind()
+                )),
+                Ok(_) => match fsops::open_dir_at(layout.root_fd(), OsStr::new(h)) {
+                    Ok(fd) => match fsops::stat_fd(fd.as_fd()) {
+                        Ok(stat) => layout.hosts.push(HostDir {
+                            name: h.clone(),
+                            path,
+                            fd,
+                            stat,
+                        }),
+                        Err(e) => problems.push(format!("host dir {}: {e}", path.display())),
+                    },
+                    Err(e) => problems.push(format!("host dir {}: {e}", path.display())),
+                },
+            }
+        }
+        Ok((layout, problems))
+    }
+}

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use distlink::config::{self, Config, LogFormat, Overrides};
-use distlink::daemon;
 use distlink::error::Error;
+use distlink::{daemon, migrate, prune, status};
 
 /// Keeps per-host Gentoo distfiles directories hardlinked.
 #[derive(Parser, Debug)]
@@ -31,19 +31,102 @@ enum Cmd {
         #[arg(long)]
         adopt: bool,
     },
+    /// Remove files from one host's dir on the server (offline or retired
+    /// hosts, age policies), reporting what is really freed.
+    Prune {
+        #[command(flatten)]
+        common: Single,
+        /// The host whose dir is pruned.
+        #[arg(long = "host", value_name = "NAME", id = "prune_host")]
+        target: String,
+        /// Keep only the names listed in FILE (one per line, # comments; - for stdin).
+        #[arg(long, value_name = "FILE")]
+        keep_list: Option<PathBuf>,
+        /// Remove files whose mtime is older than DURATION (e.g. 180d).
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        older_than: Option<Duration>,
+        /// Remove every file (retire the host).
+        #[arg(long)]
+        all: bool,
+        /// Remove nothing; report what would be removed.
+        #[arg(long, visible_alias = "pretend")]
+        dry_run: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One-time move to the per-host layout: link every file into every host.
+    Migrate {
+        #[command(flatten)]
+        common: Single,
+        /// A flat DISTDIR whose files move into --host's dir first.
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// The host the --from files belong to.
+        #[arg(long = "host", value_name = "NAME", id = "migrate_host")]
+        target: Option<String>,
+        /// With --from on another filesystem: copy, fsync, verify, then remove.
+        #[arg(long)]
+        copy: bool,
+        /// Change nothing; report what would be done.
+        #[arg(long, visible_alias = "pretend")]
+        dry_run: bool,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-host files, sizes and savings; conflicts; whether the daemon runs.
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// Print as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when every host is consistent, 1 with one line per problem.
+    Check {
+        #[command(flatten)]
+        common: Common,
+        /// Print the problems as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Args, Debug)]
 struct Common {
+    #[command(flatten)]
+    src: Source,
+    /// A host (repeat for each); replaces the config file's list.
+    #[arg(long = "host", value_name = "NAME")]
+    hosts: Vec<String>,
+}
+
+/// For commands whose `--host` names the one host they act on.
+#[derive(Args, Debug)]
+struct Single {
+    #[command(flatten)]
+    src: Source,
+    /// All hosts, comma-separated; replaces the config file's list.
+    #[arg(long = "hosts", value_name = "NAME,...", value_delimiter = ',')]
+    hosts: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct Source {
     /// Configuration file (default: /etc/distlink.toml when it exists).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Directory holding one directory per host.
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// A host (repeat for each); replaces the config file's list.
-    #[arg(long = "host", value_name = "NAME")]
-    hosts: Vec<String>,
     /// Where the record lives (default: ROOT/.distlink).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -68,12 +151,12 @@ fn duration(s: &str) -> Result<Duration, String> {
     config::parse_duration(s)
 }
 
-impl Common {
-    fn overrides(&self) -> Overrides {
+impl Source {
+    fn overrides(&self, hosts: &[String]) -> Overrides {
         Overrides {
             config: self.config.clone(),
             root: self.root.clone(),
-            hosts: self.hosts.clone(),
+            hosts: hosts.to_vec(),
             state_dir: self.state_dir.clone(),
             settle: self.settle,
             poll: self.poll,
@@ -103,37 +186,185 @@ fn fail(e: &Error) -> ExitCode {
     ExitCode::from(e.exit_code() as u8)
 }
 
+fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("distlink: cannot encode JSON: {e}"),
+    }
+}
+
+fn load(src: &Source, hosts: &[String]) -> Result<(Config, Overrides), ExitCode> {
+    let ov = src.overrides(hosts);
+    match Config::load(&ov) {
+        Ok(c) => {
+            init_logging(c.log_format);
+            Ok((c, ov))
+        }
+        Err(e) => Err(fail(&e)),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (common, adopt, is_sync) = match &cli.cmd {
-        Cmd::Run(c) => (c, false, false),
-        Cmd::Sync { common, adopt } => (common, *adopt, true),
-    };
-    let ov = common.overrides();
-    let cfg = match Config::load(&ov) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    init_logging(cfg.log_format);
-    if !is_sync {
-        return match daemon::run(cfg, ov) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        };
-    }
-    match daemon::sync(&cfg, adopt) {
-        Ok(r) => {
-            let c = r.counters;
-            eprintln!(
-                "distlink sync: {} linked, {} merged, {} new conflicts, {} failed, {} not yet settled",
-                c.linked, c.merged, c.conflicts, c.failed, r.young
+    match cli.cmd {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "distlink",
+                &mut std::io::stdout(),
             );
-            if c.failed > 0 || r.owed {
+            ExitCode::SUCCESS
+        }
+        Cmd::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("distlink: {e}");
                 ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
+            }
+        },
+        Cmd::Run(common) => {
+            let (cfg, ov) = match load(&common.src, &common.hosts) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            match daemon::run(cfg, ov) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
             }
         }
-        Err(e) => fail(&e),
+        Cmd::Sync { common, adopt } => {
+            let (cfg, _) = match load(&common.src, &common.hosts) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            match daemon::sync(&cfg, adopt) {
+                Ok(r) => {
+                    let c = r.counters;
+                    eprintln!(
+                        "distlink sync: {} linked, {} merged, {} new conflicts, {} failed, {} not yet settled",
+                        c.linked, c.merged, c.conflicts, c.failed, r.young
+                    );
+                    if c.failed > 0 || r.owed {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::Prune {
+            common,
+            target,
+            keep_list,
+            older_than,
+            all,
+            dry_run,
+            json,
+        } => {
+            let (cfg, _) = match load(&common.src, &common.hosts) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let sel = prune::Selection {
+                keep_list,
+                older_than,
+                all,
+            };
+            match prune::prune(&cfg, &target, &sel, dry_run) {
+                Ok(r) => {
+                    if json {
+                        print_json(&r);
+                    } else {
+                        print!("{}", prune::render(&r));
+                    }
+                    if r.errors.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::Migrate {
+            common,
+            from,
+            target,
+            copy,
+            dry_run,
+            json,
+        } => {
+            let (cfg, _) = match load(&common.src, &common.hosts) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let opts = migrate::MigrateOpts {
+                from,
+                host: target,
+                copy,
+                dry_run,
+            };
+            match migrate::migrate(&cfg, &opts) {
+                Ok(r) => {
+                    if json {
+                        print_json(&r);
+                    } else {
+                        print!("{}", migrate::render(&r));
+                    }
+                    let import_errors = r.imported.as_ref().is_some_and(|i| !i.errors.is_empty());
+                    if r.failed > 0 || import_errors {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::Status { common, json } => {
+            let (cfg, _) = match load(&common.src, &common.hosts) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            match status::gather(&cfg) {
+                Ok(s) => {
+                    if json {
+                        print_json(&s);
+                    } else {
+                        print!("{}", status::render(&s));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::Check { common, json } => {
+            let (cfg, _) = match load(&common.src, &common.hosts) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            match status::gather(&cfg) {
+                Ok(s) => {
+                    let problems = s.problems();
+                    if json {
+                        print_json(
+                            &serde_json::json!({ "ok": problems.is_empty(), "problems": problems }),
+                        );
+                    } else {
+                        for p in &problems {
+                            println!("{p}");
+                        }
+                    }
+                    if problems.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
     }
 }

@@ -1,0 +1,263 @@
+//! `distlink migrate`: the one-time move to the per-host layout. Moves a
+//! flat DISTDIR into one host's dir (`--from`), then links every file into
+//! every host that lacks it, merging identical per-host copies and listing
+//! conflicts, and writes the record so the daemon starts clean.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::engine::{self, Engine, Imported, Progress, show};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::names::NameFilter;
+use crate::state::{self, Store};
+
+#[derive(Debug, Clone, Default)]
+pub struct MigrateOpts {
+    pub from: Option<PathBuf>,
+    pub host: Option<String>,
+    pub copy: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrateReport {
+    pub dry_run: bool,
+    pub imported: Option<Imported>,
+    /// The daemon was running: it distributes what was moved in.
+    pub left_to_daemon: bool,
+    /// A record already existed: only new files were distributed (prunes
+    /// it knows of stay).
+    pub record_existed: bool,
+    pub linked: u64,
+    pub deduplicated: u64,
+    pub bytes_reclaimed: u64,
+    pub conflicts: Vec<String>,
+    pub not_settled: Vec<String>,
+    pub failed: u64,
+}
+
+fn bar(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {msg} ETA {eta}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
+    let host = match (&opts.from, &opts.host) {
+        (Some(_), None) => {
+            return Err(Error::Usage(
+                "--from needs --host NAME: the host the files belong to".into(),
+            ));
+        }
+        (None, Some(_)) => return Err(Error::Usage("--host goes with --from DIR".into())),
+        (_, Some(h)) if !cfg.hosts.contains(h) => {
+            return Err(Error::Usage(format!(
+                "--host: unknown host {h:?}; known hosts: {}",
+                cfg.hosts.join(", ")
+            )));
+        }
+        (_, h) => h.clone(),
+    };
+    if opts.copy && opts.from.is_none() {
+        return Err(Error::Usage("--copy goes with --from DIR".into()));
+    }
+    let mut report = MigrateReport {
+        dry_run: opts.dry_run,
+        ..MigrateReport::default()
+    };
+    let filter = NameFilter::new(&cfg.ignore)?;
+
+    // With the daemon running, only the move is ours to do.
+    if let Some(pid) = state::lock_holder(&cfg.state_dir) {
+        let Some(from) = &opts.from else {
+            return Err(Error::Refused(format!(
+                "distlink (pid {pid}) holds the state lock {}; it already distributes every new \
+                 file. Stop it to link everything with `distlink migrate`",
+                cfg.state_dir.display()
+            )));
+        };
+        let layout = Layout::open(&cfg.root, &cfg.hosts)?;
+        let idx = host
+            .as_deref()
+            .and_then(|h| layout.index_of(h))
+            .unwrap_or(0);
+        report.imported = Some(import(from, &layout, idx, &filter, opts)?);
+        report.left_to_daemon = true;
+        return Ok(report);
+    }
+
+    let layout = if opts.dry_run {
+        let (l, problems) = Layout::open_existing(&cfg.root, &cfg.hosts)?;
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+        l
+    } else {
+        Layout::open(&cfg.root, &cfg.hosts)?
+    };
+    if let Some(from) = &opts.from {
+        let idx = host
+            .as_deref()
+            .and_then(|h| layout.index_of(h))
+            .ok_or_else(|| Error::Refused(format!("host dir of {host:?} is missing")))?;
+        report.imported = Some(import(from, &layout, idx, &filter, opts)?);
+    }
+    // A dry run must not create a record: it works on a scratch copy.
+    let scratch = opts
+        .dry_run
+        .then(|| std::env::temp_dir().join(format!("distlink-dry-run-{}", std::process::id())));
+    let state_dir = match &scratch {
+        Some(dir) => {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
+            let db = cfg.state_dir.join(state::DB_NAME);
+            if db.exists() {
+                std::fs::copy(&db, dir.join(state::DB_NAME)).map_err(|e| Error::Io {
+                    path: db,
+                    source: e,
+                })?;
+            }
+            dir.clone()
+        }
+        None => cfg.state_dir.clone(),
+    };
+    let store = Store::open(&state_dir)?;
+    let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
+    engine.dry_run = opts.dry_run;
+    let young = if engine.store.is_initialized() {
+        // A record exists: prunes it knows of must stay. Distribute only
+        // what is new (the files just moved in), as `sync` does.
+        report.record_existed = true;
+        engine.sync_hosts();
+        let y = engine.reconcile(SystemTime::now(), cfg.settle, !opts.dry_run);
+        engine.commit()?;
+        y
+    } else {
+        let pb = bar(0, "linking");
+        let mut progress = |p: Progress| {
+            pb.set_length(p.bytes_total);
+            pb.set_position(p.bytes_done);
+            pb.set_message(format!("{}/{} files", p.files_done, p.files_total));
+        };
+        let y = engine.link_everything(SystemTime::now(), cfg.settle, &mut progress)?;
+        pb.finish_and_clear();
+        y
+    };
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    report.linked = engine.counters.linked;
+    report.deduplicated = engine.counters.merged;
+    report.bytes_reclaimed = engine.counters.reclaimed;
+    report.failed = engine.counters.failed;
+    for n in engine.store.conflict_names() {
+        for c in engine.store.conflicts_of(&n) {
+            report.conflicts.push(format!(
+                "{}: host {} differs from host {}",
+                show(&c.name),
+                c.host,
+                c.other_host
+            ));
+        }
+    }
+    report.conflicts.sort();
+    report.not_settled = young
+        .iter()
+        .map(|y| {
+            engine.layout.hosts[y.host]
+                .path
+                .join(&y.name)
+                .display()
+                .to_string()
+        })
+        .collect();
+    Ok(report)
+}
+
+fn import(
+    from: &std::path::Path,
+    layout: &Layout,
+    idx: usize,
+    filter: &NameFilter,
+    opts: &MigrateOpts,
+) -> Result<Imported> {
+    let pb = bar(0, "moving");
+    let mut done = 0;
+    let imported = engine::import_flat(
+        from,
+        &layout.hosts[idx],
+        filter,
+        opts.copy,
+        opts.dry_run,
+        |b| {
+            done += b;
+            pb.set_position(done);
+        },
+    )?;
+    pb.finish_and_clear();
+    for e in &imported.errors {
+        tracing::warn!("{e}");
+    }
+    Ok(imported)
+}
+
+pub fn render(r: &MigrateReport) -> String {
+    let w = if r.dry_run { "would be " } else { "" };
+    let mut o = String::new();
+    if let Some(i) = &r.imported {
+        o.push_str(&format!(
+            "{w}moved {}, {w}copied {}, already present {} ({})\n",
+            i.moved,
+            i.copied,
+            i.duplicates,
+            crate::status::human(i.bytes)
+        ));
+        for c in &i.conflicts {
+            o.push_str(&format!("conflict: {c}\n"));
+        }
+        for e in &i.errors {
+            o.push_str(&format!("error: {e}\n"));
+        }
+    }
+    if r.left_to_daemon {
+        o.push_str("the running daemon distributes the moved files\n");
+        return o;
+    }
+    if r.record_existed {
+        o.push_str(
+            "a record exists: only new files were distributed; names pruned earlier stay pruned\n",
+        );
+    }
+    for c in &r.conflicts {
+        o.push_str(&format!("conflict: {c}\n"));
+    }
+    for y in &r.not_settled {
+        o.push_str(&format!("not settled yet (run migrate again later): {y}\n"));
+    }
+    o.push_str(&format!(
+        "{w}linked {}, {w}deduplicated {}, conflicts {}, failed {}, {} reclaimed\n",
+        r.linked,
+        r.deduplicated,
+        r.conflicts.len(),
+        r.failed,
+        crate::status::human(r.bytes_reclaimed)
+    ));
+    o
+}
