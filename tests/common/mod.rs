@@ -80,6 +80,53 @@ impl Env {
         c
     }
 
+    /// A command that takes the host list as `--hosts a,b,c` (prune and
+    /// migrate, whose `--host` names the one host they act on).
+    pub fn single(&self, sub: &str, more: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg(sub)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--hosts")
+            .arg(self.hosts.join(","))
+            .args(["--settle", &self.settle])
+            .args(more);
+        c
+    }
+
+    /// Runs a command to completion: (exit code, stdout, stderr).
+    pub fn output(mut cmd: Command) -> (Option<i32>, String, String) {
+        let out = cmd.output().expect("run distlink");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Sets a file's mtime to `age` ago.
+    pub fn age(&self, host: &str, name: impl AsRef<OsStr>, age: Duration) {
+        let t = std::time::SystemTime::now() - age;
+        fs::File::options()
+            .write(true)
+            .open(self.path(host, name))
+            .expect("open to set mtime")
+            .set_modified(t)
+            .expect("set mtime");
+    }
+
+    /// (name → inode) of every entry in every host, to prove nothing moved.
+    pub fn snapshot(&self) -> Vec<(String, Vec<u8>, u64)> {
+        let mut v = Vec::new();
+        for h in &self.hosts {
+            for n in self.names(h) {
+                let ino = self.ino(h, OsStr::from_bytes(&n)).unwrap_or(0);
+                v.push((h.clone(), n, ino));
+            }
+        }
+        v
+    }
+
     /// Runs `distlink sync` (plus arguments) to completion.
     pub fn sync(&self, more: &[&str]) -> Output {
         self.command("sync", more)

@@ -1,0 +1,214 @@
+//! `distlink prune --host NAME`: server-side pruning with honest accounting.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::symlink;
+use std::process::Stdio;
+use std::time::Duration;
+
+const DAY: Duration = Duration::from_secs(86400);
+
+/// a and b share x, y, z; b alone has only-b (a pruned it).
+fn setup() -> Env {
+    let env = Env::new(&["a", "b"]);
+    let mut d = env.start();
+    for (n, data) in [
+        ("x", &b"xx"[..]),
+        ("y", b"yyyy"),
+        ("z", b"zzzzzzzz"),
+        ("only-b", b"0123456789"),
+    ] {
+        env.fetch("b", n, data);
+        env.wait_everywhere(n);
+    }
+    fs::remove_file(env.path("a", "only-b")).unwrap();
+    assert!(d.stop().success());
+    env
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn keep_list_removes_everything_else_and_counts_freed_bytes_honestly() {
+    let env = setup();
+    let keep = env.tmp.path().join("keep");
+    fs::write(&keep, "# what b still needs\nx\n\n  z  \n").unwrap();
+    let (code, out, err) = Env::output(env.single(
+        "prune",
+        &[
+            "--host",
+            "b",
+            "--keep-list",
+            keep.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!(r["files_removed"], 2);
+    // only-b had one link: its 10 bytes are freed; y is still held by a.
+    assert_eq!(r["bytes_freed"], 10);
+    assert_eq!(r["bytes_still_held"], 4);
+    let mut names: Vec<&str> = r["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["only-b", "y"]);
+    assert_eq!(env.names("b"), vec![b"x".to_vec(), b"z".to_vec()]);
+    assert!(env.exists("a", "y"));
+}
+
+#[test]
+fn keep_list_from_stdin() {
+    let env = setup();
+    let mut child = env
+        .single("prune", &["--host", "b", "--keep-list", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"y\nonly-b\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(env.names("b"), vec![b"only-b".to_vec(), b"y".to_vec()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed 2 files"), "{text}");
+}
+
+#[test]
+fn older_than_selects_by_mtime() {
+    let env = setup();
+    env.age("b", "x", 200 * DAY);
+    env.age("b", "only-b", 200 * DAY);
+    let (code, out, _) =
+        Env::output(env.single("prune", &["--host", "b", "--older-than", "180d", "--json"]));
+    assert_eq!(code, Some(0));
+    assert_eq!(json(&out)["files_removed"], 2);
+    assert_eq!(env.names("b"), vec![b"y".to_vec(), b"z".to_vec()]);
+}
+
+#[test]
+fn keep_list_and_older_than_together_remove_only_what_both_select() {
+    let env = setup();
+    env.age("b", "x", 200 * DAY);
+    env.age("b", "y", 200 * DAY);
+    let keep = env.tmp.path().join("keep");
+    fs::write(&keep, "x\n").unwrap();
+    let (code, _, _) = Env::output(env.single(
+        "prune",
+        &[
+            "--host",
+            "b",
+            "--keep-list",
+            keep.to_str().unwrap(),
+            "--older-than",
+            "180d",
+        ],
+    ));
+    assert_eq!(code, Some(0));
+    // y: not kept and old → removed. x: kept. z, only-b: young → stay.
+    assert_eq!(
+        env.names("b"),
+        vec![b"only-b".to_vec(), b"x".to_vec(), b"z".to_vec()]
+    );
+}
+
+#[test]
+fn all_retires_a_host_but_touches_only_candidates() {
+    let env = setup();
+    fs::create_dir(env.path("b", "git3-src")).unwrap();
+    fs::write(env.path("b", ".foo.portage_lockfile"), b"").unwrap();
+    fs::write(env.path("b", "big.iso.__download__"), b"partial").unwrap();
+    symlink("/etc/passwd", env.path("b", "link")).unwrap();
+    let (code, out, _) = Env::output(env.single("prune", &["--host", "b", "--all"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        env.names("b"),
+        vec![
+            b".foo.portage_lockfile".to_vec(),
+            b"big.iso.__download__".to_vec(),
+            b"git3-src".to_vec(),
+            b"link".to_vec()
+        ]
+    );
+    assert!(out.contains("removed 4 files"), "{out}");
+}
+
+#[test]
+fn dry_run_and_pretend_delete_nothing_and_report_the_same() {
+    let env = setup();
+    let before = env.snapshot();
+    let (_, real_would, _) =
+        Env::output(env.single("prune", &["--host", "b", "--all", "--dry-run", "--json"]));
+    let (code, pretend, _) =
+        Env::output(env.single("prune", &["--host", "b", "--all", "--pretend", "--json"]));
+    assert_eq!(code, Some(0));
+    assert_eq!(env.snapshot(), before);
+    let (a, b) = (json(&real_would), json(&pretend));
+    assert_eq!(a, b);
+    assert_eq!(a["dry_run"], true);
+    assert_eq!(a["files_removed"], 4);
+    assert_eq!(a["bytes_freed"], 10);
+    // The real run reports exactly what the dry run said.
+    let (_, real, _) = Env::output(env.single("prune", &["--host", "b", "--all", "--json"]));
+    let mut r = json(&real);
+    r["dry_run"] = serde_json::Value::Bool(true);
+    assert_eq!(r, a);
+}
+
+#[test]
+fn bad_selections_and_unknown_hosts_exit_2() {
+    let env = setup();
+    let (code, _, err) = Env::output(env.single("prune", &["--host", "nosuch", "--all"]));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("nosuch") && err.contains("known hosts: a, b"),
+        "{err}"
+    );
+    let (code, _, err) = Env::output(env.single("prune", &["--host", "b"]));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--keep-list"), "{err}");
+    let empty = env.tmp.path().join("empty");
+    fs::write(&empty, "# nothing\n").unwrap();
+    let (code, _, err) = Env::output(env.single(
+        "prune",
+        &["--host", "b", "--keep-list", empty.to_str().unwrap()],
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--all"), "{err}");
+    let (code, _, err) = Env::output(env.single(
+        "prune",
+        &["--host", "b", "--keep-list", "/nonexistent/keep"],
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/keep"), "{err}");
+    assert_eq!(env.names("b").len(), 4);
+}
+
+#[test]
+fn prune_while_the_daemon_runs_stays_pruned() {
+    let env = setup();
+    let mut d = env.start();
+    let (code, _, _) = Env::output(env.single("prune", &["--host", "b", "--all"]));
+    assert_eq!(code, Some(0));
+    env.fetch("a", "marker", b"m");
+    env.wait_everywhere("marker");
+    env.all_stays_absent("b", &["x", "y", "z", "only-b"]);
+    assert!(d.stop().success());
+    let d = env.start();
+    env.all_stays_absent("b", &["x", "y", "z", "only-b"]);
+    drop(d);
+}
