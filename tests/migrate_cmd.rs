@@ -1,0 +1,286 @@
+//! `distlink migrate`: the one-time move to the per-host layout.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Duration;
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn flat_distdir(env: &Env) -> std::path::PathBuf {
+    let flat = env.tmp.path().join("flat");
+    fs::create_dir(&flat).unwrap();
+    fs::write(flat.join("foo-1.0.tar.gz"), vec![1u8; 5000]).unwrap();
+    fs::write(flat.join("bar-2.tar.xz"), vec![2u8; 7000]).unwrap();
+    fs::write(flat.join("baz.zip.__download__"), b"partial").unwrap();
+    fs::write(flat.join(".bar-2.tar.xz.portage_lockfile"), b"").unwrap();
+    fs::create_dir(flat.join("git3-src")).unwrap();
+    flat
+}
+
+#[test]
+fn from_a_flat_distdir_moves_into_the_host_and_links_everywhere() {
+    let mut env = Env::new(&["server", "c1", "c2"]);
+    env.settle = "0s".into();
+    let flat = flat_distdir(&env);
+    let foo_ino = fs::metadata(flat.join("foo-1.0.tar.gz")).unwrap().ino();
+    let (code, out, err) = Env::output(env.single(
+        "migrate",
+        &[
+            "--from",
+            flat.to_str().unwrap(),
+            "--host",
+            "server",
+            "--json",
+        ],
+    ));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let r = json(&out);
+    assert_eq!(r["imported"]["moved"], 2);
+    assert_eq!(r["linked"], 4);
+    // Renamed, not copied: the same inode now lives in every host.
+    assert_eq!(env.ino("server", "foo-1.0.tar.gz"), Some(foo_ino));
+    assert!(env.same_inode(&["server", "c1", "c2"], "foo-1.0.tar.gz"));
+    assert!(env.same_inode(&["server", "c1", "c2"], "bar-2.tar.xz"));
+    // Non-candidates stay where they were.
+    let mut left: Vec<String> = fs::read_dir(&flat)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            ".bar-2.tar.xz.portage_lockfile",
+            "baz.zip.__download__",
+            "git3-src"
+        ]
+    );
+    // The record is written: the daemon starts clean, check is happy.
+    let d = env.start();
+    drop(d);
+    let (code, out, _) = Env::output(env.command("check", &[]));
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn from_another_filesystem_needs_copy_and_then_verifies_before_removing() {
+    let mut env = Env::new(&["a", "b"]);
+    env.settle = "0s".into();
+    let other = env.tmp.path().join("other-fs");
+    fs::create_dir(&other).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&other)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    fs::write(other.join("pkg.tar"), vec![9u8; 100_000]).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(7 * 86400);
+    fs::File::options()
+        .write(true)
+        .open(other.join("pkg.tar"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let from = other.to_str().unwrap().to_string();
+    let (code, _, err) = Env::output(env.single("migrate", &["--from", &from, "--host", "a"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--copy"), "{err}");
+    assert!(other.join("pkg.tar").exists());
+    let (code, out, err) = Env::output(env.single(
+        "migrate",
+        &["--from", &from, "--host", "a", "--copy", "--json"],
+    ));
+    let _ = Command::new("umount").arg(&other).status();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(json(&out)["imported"]["copied"], 1);
+    assert_eq!(
+        fs::read(env.path("a", "pkg.tar")).unwrap(),
+        vec![9u8; 100_000]
+    );
+    assert!(env.same_inode(&["a", "b"], "pkg.tar"));
+    let m = fs::metadata(env.path("a", "pkg.tar")).unwrap();
+    assert_eq!(
+        m.modified().unwrap(),
+        old,
+        "mtime is kept, so --older-than still works"
+    );
+    assert_eq!(
+        env.names("a"),
+        vec![b"pkg.tar".to_vec()],
+        "no temp copy left behind"
+    );
+}
+
+#[test]
+fn per_host_copies_are_deduplicated_and_conflicts_listed() {
+    let mut env = Env::new(&["a", "b", "c"]);
+    env.settle = "0s".into();
+    let same = vec![5u8; 64 * 1024];
+    for h in ["a", "b", "c"] {
+        env.write(h, "common.tar", &same);
+    }
+    env.write("a", "reroll.tar", b"version one");
+    env.write("b", "reroll.tar", b"version two");
+    env.write("b", "only-b.tar", b"b");
+    let (code, out, err) = Env::output(env.single("migrate", &["--json"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let r = json(&out);
+    assert_eq!(r["deduplicated"], 2);
+    assert_eq!(r["bytes_reclaimed"], 2 * 64 * 1024);
+    assert!(env.same_inode(&["a", "b", "c"], "common.tar"));
+    assert!(env.same_inode(&["a", "b", "c"], "only-b.tar"));
+    // The conflict: both versions untouched, c got one of them.
+    assert_eq!(
+        fs::read(env.path("a", "reroll.tar")).unwrap(),
+        b"version one"
+    );
+    assert_eq!(
+        fs::read(env.path("b", "reroll.tar")).unwrap(),
+        b"version two"
+    );
+    assert!(env.exists("c", "reroll.tar"));
+    let conflicts = r["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{r}");
+    assert!(conflicts[0].as_str().unwrap().contains("reroll.tar"));
+    // Idempotent: a second run changes nothing.
+    let before = env.snapshot();
+    let (code, out, _) = Env::output(env.single("migrate", &["--json"]));
+    assert_eq!(code, Some(0));
+    assert_eq!(json(&out)["linked"], 0);
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn dry_run_changes_nothing_not_even_the_record() {
+    let mut env = Env::new(&["a", "b"]);
+    env.settle = "0s".into();
+    let flat = flat_distdir(&env);
+    env.write("a", "x", b"x");
+    env.write("b", "x", b"x");
+    let before = env.snapshot();
+    let flat_before: Vec<_> = fs::read_dir(&flat)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let (code, out, err) = Env::output(env.single(
+        "migrate",
+        &[
+            "--from",
+            flat.to_str().unwrap(),
+            "--host",
+            "a",
+            "--dry-run",
+            "--json",
+        ],
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!(r["dry_run"], true);
+    assert_eq!(r["imported"]["moved"], 2);
+    assert_eq!(r["deduplicated"], 1);
+    assert_eq!(env.snapshot(), before);
+    assert_eq!(fs::read_dir(&flat).unwrap().count(), flat_before.len());
+    assert!(!env.root.join(".distlink/state.db").exists());
+    assert!(
+        !err.contains('\r'),
+        "no progress bar when stderr is not a terminal"
+    );
+}
+
+#[test]
+fn killed_mid_run_and_rerun_finishes_and_never_loses_a_file() {
+    let mut env = Env::new(&["a", "b", "c"]);
+    env.settle = "0s".into();
+    const N: usize = 1500;
+    // Each host has its own copy of every file: lots to compare and merge.
+    for i in 0..N {
+        let data = vec![(i % 251) as u8; 20_000];
+        for h in ["a", "b", "c"] {
+            env.write(h, format!("f{i:05}"), &data);
+        }
+    }
+    let mut child = env.single("migrate", &[]).spawn().unwrap();
+    // Kill it once it has merged some but not all.
+    let started = wait_until(WAIT, || env.ino("a", "f00050") == env.ino("c", "f00050"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "migrate made no progress");
+    // No name vanished from any host at the kill.
+    for i in 0..N {
+        for h in ["a", "b", "c"] {
+            assert!(
+                env.exists(h, format!("f{i:05}")),
+                "{h}/f{i:05} missing after kill -9"
+            );
+        }
+    }
+    let merged_at_kill = (0..N)
+        .filter(|i| env.same_inode(&["a", "b", "c"], format!("f{i:05}")))
+        .count();
+    let (code, out, err) = Env::output(env.single("migrate", &[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    for i in 0..N {
+        let n = format!("f{i:05}");
+        assert!(
+            env.same_inode(&["a", "b", "c"], &n),
+            "{n} not merged after re-run"
+        );
+        assert_eq!(
+            fs::read(env.path("b", &n)).unwrap(),
+            vec![(i % 251) as u8; 20_000]
+        );
+    }
+    for h in ["a", "b", "c"] {
+        assert_eq!(env.names(h).len(), N, "stray names in {h}");
+    }
+    eprintln!("merged before kill -9: {merged_at_kill}/{N}");
+}
+
+#[test]
+fn with_the_daemon_running_from_moves_and_the_daemon_distributes() {
+    let mut env = Env::new(&["a", "b"]);
+    env.settle = "0s".into();
+    let flat = flat_distdir(&env);
+    let d = env.start();
+    let (code, out, err) = Env::output(env.single(
+        "migrate",
+        &["--from", flat.to_str().unwrap(), "--host", "b"],
+    ));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("running daemon distributes"), "{out}");
+    env.wait_everywhere("foo-1.0.tar.gz");
+    env.wait_everywhere("bar-2.tar.xz");
+    // Without --from, migrate refuses: the daemon already does the job.
+    let (code, _, err) = Env::output(env.single("migrate", &[]));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("holds the state lock"), "{err}");
+    drop(d);
+}
+
+#[test]
+fn after_migrate_a_record_exists_so_a_later_migrate_keeps_prunes() {
+    let mut env = Env::new(&["a", "b"]);
+    env.settle = "0s".into();
+    env.write("a", "old", b"o");
+    assert_eq!(Env::output(env.single("migrate", &[])).0, Some(0));
+    assert!(env.same_inode(&["a", "b"], "old"));
+    fs::remove_file(env.path("b", "old")).unwrap();
+    let flat = flat_distdir(&env);
+    let (code, out, _) = Env::output(env.single(
+        "migrate",
+        &["--from", flat.to_str().unwrap(), "--host", "a"],
+    ));
+    assert_eq!(code, Some(0));
+    assert!(out.contains("stay pruned"), "{out}");
+    assert!(env.same_inode(&["a", "b"], "foo-1.0.tar.gz"));
+    assert!(!env.exists("b", "old"));
+}
