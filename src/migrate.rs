@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::engine::{self, Engine, Imported, Progress, show};
+use crate::engine::{self, Engine, Imported, Progress};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::names::NameFilter;
@@ -168,14 +168,10 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
     report.bytes_reclaimed = engine.counters.reclaimed;
     report.failed = engine.counters.failed;
     for n in engine.store.conflict_names() {
-        for c in engine.store.conflicts_of(&n) {
-            report.conflicts.push(format!(
-                "{}: host {} differs from host {}",
-                show(&c.name),
-                c.host,
-                c.other_host
-            ));
-        }
+        report.conflicts.push(crate::status::conflict_line(
+            &n,
+            engine.store.conflicts_of(&n),
+        ));
     }
     report.conflicts.sort();
     report.not_settled = young

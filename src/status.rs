@@ -2,7 +2,7 @@
 //! the sharing saves, and what is not as it should be. Read-only: works
 //! while the daemon runs (the record is read without taking its lock).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::os::fd::BorrowedFd;
@@ -169,17 +169,8 @@ pub fn gather(cfg: &Config) -> Result<Status> {
                 owed_links.push(format!("{} to host {h}", show(n)));
             }
         }
-        for list in r.conflicts.values() {
-            for c in list {
-                conflicts.push(format!(
-                    "{}: host {} (inode {}) differs from host {} (inode {})",
-                    show(&c.name),
-                    c.host,
-                    c.ino,
-                    c.other_host,
-                    c.other_ino
-                ));
-            }
+        for (name, list) in &r.conflicts {
+            conflicts.push(conflict_line(name, list));
         }
     }
     conflicts.sort();
@@ -217,6 +208,34 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         owed_links,
         layout_problems,
     })
+}
+
+/// One line per conflicting name, listing its versions:
+/// `foo.tar: 2 versions: inode 12 in a, c; inode 34 in b`.
+pub fn conflict_line(name: &OsStr, list: &[state::Conflict]) -> String {
+    let mut versions: BTreeMap<u64, BTreeSet<&str>> = BTreeMap::new();
+    for c in list {
+        versions.entry(c.ino).or_default().insert(&c.host);
+        versions
+            .entry(c.other_ino)
+            .or_default()
+            .insert(&c.other_host);
+    }
+    let parts: Vec<String> = versions
+        .iter()
+        .map(|(ino, hs)| {
+            format!(
+                "inode {ino} in {}",
+                hs.iter().copied().collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect();
+    format!(
+        "{}: {} versions: {}",
+        show(name),
+        versions.len(),
+        parts.join("; ")
+    )
 }
 
 /// Sizes for people: "1.5 GiB".
