@@ -805,71 +805,145 @@ pub fn list_candidates(
     path: &Path,
     filter: &NameFilter,
 ) -> std::result::Result<Listing, Errno> {
-    let mut out = Listing {
-        complete: true,
-        ..Listing::default()
-    };
-    for name in fsops::list_dir(dir)? {
-        if names::is_own_temp(&name) {
-            out.temps.push(name);
-            continue;
-        }
-        if !filter.is_candidate(&name) {
-            continue;
-        }
-        match fsops::stat_at(dir, &name) {
-            Ok(st) if ineligible(&st).is_none() => out.files.push((name, st)),
-            Ok(_) | Err(Errno::ENOENT) => {}
-            Err(e) => {
-                tracing::warn!(path = %path.join(&name).display(), error = %e, "cannot stat; skipped");
-                out.complete = false;
-            }
-        }
-    }
-    Ok(out)
+    list_dirs(&[(dir, path)], filter)
+        .pop()
+        .unwrap_or(Err(Errno::EIO))
 }
 
-/// [`list_candidates`] over many directories, spread over the CPUs.
+/// Runs `f` over `items` on every CPU, keeping the order.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    const CHUNK: usize = 256;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut parts: Vec<Vec<(usize, Vec<R>)>> = Vec::new();
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
+                        if start >= items.len() {
+                            break;
+                        }
+                        let end = (start + CHUNK).min(items.len());
+                        mine.push((start, items[start..end].iter().map(&f).collect()));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(v) => parts.push(v),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    });
+    let mut chunks: Vec<(usize, Vec<R>)> = parts.into_iter().flatten().collect();
+    chunks.sort_by_key(|(i, _)| *i);
+    chunks.into_iter().flat_map(|(_, v)| v).collect()
+}
+
+/// Lists the candidates of many directories at once. Directories are read
+/// in parallel; then each distinct inode is `statx`ed once, however many
+/// host dirs link it (an entry whose inode changed since it was listed is
+/// looked at on its own).
 pub fn list_dirs(
     dirs: &[(BorrowedFd<'_>, &Path)],
     filter: &NameFilter,
 ) -> Vec<std::result::Result<Listing, Errno>> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(dirs.len().max(1));
-    if threads <= 1 {
-        return dirs
-            .iter()
-            .map(|(fd, p)| list_candidates(*fd, p, filter))
-            .collect();
+    use nix::dir::Type;
+    let raw = par_map(dirs, |(fd, _)| fsops::list_dir(*fd));
+    // Which entries are candidates, and one representative per inode.
+    let mut wanted: Vec<Vec<bool>> = Vec::with_capacity(raw.len());
+    let mut reps: Vec<(usize, usize)> = Vec::new();
+    let mut rep_of: rustc_hash::FxHashMap<u64, usize> = Default::default();
+    for (d, r) in raw.iter().enumerate() {
+        let entries = r.as_deref().unwrap_or(&[]);
+        let mut w = Vec::with_capacity(entries.len());
+        for (k, e) in entries.iter().enumerate() {
+            let cand = !names::is_own_temp(&e.name)
+                && filter.is_candidate(&e.name)
+                && matches!(e.kind, None | Some(Type::File));
+            if cand {
+                rep_of.entry(e.ino).or_insert_with(|| {
+                    reps.push((d, k));
+                    reps.len() - 1
+                });
+            }
+            w.push(cand);
+        }
+        wanted.push(w);
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<std::result::Result<Listing, Errno>>>> =
-        dirs.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|sc| {
-        for _ in 0..threads {
-            sc.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((fd, p)) = dirs.get(i) else { break };
-                    let r = list_candidates(*fd, p, filter);
-                    if let Ok(mut slot) = results[i].lock() {
-                        *slot = Some(r);
+    let stat_of = |&(d, k): &(usize, usize)| match &raw[d] {
+        Ok(v) => fsops::stat_at(dirs[d].0, &v[k].name),
+        Err(e) => Err(*e),
+    };
+    let rep_stats = par_map(&reps, stat_of);
+    // Entries whose inode changed since listing, or whose representative
+    // could not be used, are looked at on their own.
+    let mut own: rustc_hash::FxHashMap<(usize, usize), std::result::Result<FileStat, Errno>> =
+        Default::default();
+    for (d, w) in wanted.iter().enumerate() {
+        let Ok(entries) = &raw[d] else { continue };
+        for (k, e) in entries.iter().enumerate() {
+            if !w[k] {
+                continue;
+            }
+            let r = rep_of[&e.ino];
+            let usable = matches!(&rep_stats[r], Ok(st) if st.ino == e.ino && (reps[r] == (d, k) || st.nlink > 1));
+            if !usable {
+                own.insert((d, k), stat_of(&(d, k)));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (d, r) in raw.into_iter().enumerate() {
+        let entries = match r {
+            Ok(v) => v,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
+        let mut l = Listing {
+            complete: true,
+            ..Listing::default()
+        };
+        for (k, e) in entries.into_iter().enumerate() {
+            if !wanted[d][k] {
+                if names::is_own_temp(&e.name) {
+                    l.temps.push(e.name);
+                }
+                continue;
+            }
+            let st = match own.remove(&(d, k)) {
+                Some(st) => st,
+                None => rep_stats[rep_of[&e.ino]],
+            };
+            match st {
+                Ok(st) => {
+                    if ineligible(&st).is_none() {
+                        l.files.push((e.name, st));
                     }
                 }
-            });
+                Err(Errno::ENOENT) => {}
+                Err(err) => {
+                    tracing::warn!(path = %dirs[d].1.join(&e.name).display(), error = %err, "cannot stat; skipped");
+                    l.complete = false;
+                }
+            }
         }
-    });
-    results
-        .into_iter()
-        .map(|m| m.into_inner().ok().flatten().unwrap_or(Err(Errno::EIO)))
-        .collect()
-}
-
-/// A name for logs: lossless for UTF-8, escaped otherwise.
-pub fn show(name: &OsStr) -> String {
-    name.as_bytes().escape_ascii().to_string()
+        out.push(Ok(l));
+    }
+    out
 }
 
 /// Compares the bytes of `name` in two directories, proving afterwards (by
@@ -1065,4 +1139,9 @@ pub fn import_flat(
         let _ = fsops::fsync_fd(src.as_fd());
     }
     Ok(out)
+}
+
+/// A name for logs: lossless for UTF-8, escaped otherwise.
+pub fn show(name: &OsStr) -> String {
+    name.as_bytes().escape_ascii().to_string()
 }

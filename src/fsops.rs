@@ -227,9 +227,18 @@ pub fn fsync_fd(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     nix::unistd::fsync(fd)
 }
 
-/// Lists the names in a directory (without `.` and `..`), reading through a
-/// fresh fd of the very directory `dirfd` refers to.
-pub fn list_dir(dirfd: BorrowedFd<'_>) -> Result<Vec<std::ffi::OsString>, Errno> {
+/// One directory entry as `getdents` reports it.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: std::ffi::OsString,
+    pub ino: u64,
+    /// The entry's type, when the filesystem reports it (`d_type`).
+    pub kind: Option<nix::dir::Type>,
+}
+
+/// Lists a directory (without `.` and `..`), reading through a fresh fd of
+/// the very directory `dirfd` refers to.
+pub fn list_dir(dirfd: BorrowedFd<'_>) -> Result<Vec<DirEntry>, Errno> {
     let fd = nix::fcntl::openat(
         dirfd,
         c".",
@@ -244,7 +253,11 @@ pub fn list_dir(dirfd: BorrowedFd<'_>) -> Result<Vec<std::ffi::OsString>, Errno>
         if name == b"." || name == b".." {
             continue;
         }
-        out.push(OsStr::from_bytes(name).to_os_string());
+        out.push(DirEntry {
+            name: OsStr::from_bytes(name).to_os_string(),
+            ino: entry.ino(),
+            kind: entry.file_type(),
+        });
     }
     Ok(out)
 }

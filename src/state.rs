@@ -5,6 +5,8 @@
 //! writes. An in-memory mirror answers the hot-path questions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -66,7 +68,7 @@ pub struct Conflict {
 #[derive(Debug, Default, Clone)]
 pub struct Record {
     pub initialized: bool,
-    pub files: HashMap<OsString, Vec<FileId>>,
+    pub files: FxHashMap<OsString, Vec<FileId>>,
     pub owed: BTreeMap<(OsString, FileId), BTreeSet<String>>,
     pub hosts: BTreeSet<String>,
     pub conflicts: HashMap<OsString, Vec<Conflict>>,

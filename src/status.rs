@@ -2,13 +2,14 @@
 //! the sharing saves, and what is not as it should be. Read-only: works
 //! while the daemon runs (the record is read without taking its lock).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::SystemTime;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -82,8 +83,18 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         .iter()
         .map(|h| (h.fd(), h.path.as_path()))
         .collect();
-    let listings = engine::list_dirs(&dirs, &filter);
-    let rec = state::read_only(&cfg.state_dir)?;
+    let t0 = std::time::Instant::now();
+    // Read the record while the directories are being listed.
+    let (listings, rec) = std::thread::scope(|sc| {
+        let rec = sc.spawn(|| state::read_only(&cfg.state_dir));
+        let listings = engine::list_dirs(&dirs, &filter);
+        (listings, rec.join())
+    });
+    let rec = match rec {
+        Ok(r) => r?,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    tracing::debug!(elapsed = ?t0.elapsed(), "listed host dirs and read the record");
     let now = SystemTime::now();
 
     struct Inode {
@@ -91,10 +102,11 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         nlink: u64,
         holders: Vec<usize>,
     }
-    let mut inodes: HashMap<u64, Inode> = HashMap::new();
-    let mut names_per_host: Vec<HashSet<&OsStr>> = Vec::new();
+    let mut inodes: FxHashMap<u64, Inode> = FxHashMap::default();
+    // Every name seen, with its recorded generations (looked up once).
+    let mut names: FxHashMap<&OsStr, Option<&Vec<crate::fsops::FileId>>> = FxHashMap::default();
     let mut rows: Vec<HostRow> = Vec::new();
-    let mut all_names: HashSet<&OsStr> = HashSet::new();
+    let mut present_recorded: Vec<u64> = Vec::new();
     let mut undistributed = Vec::new();
     let mut seen_unknown: HashSet<(&OsStr, u64)> = HashSet::new();
     let mut settling = 0;
@@ -108,21 +120,28 @@ pub fn gather(cfg: &Config) -> Result<Status> {
             unique_bytes: 0,
             pruned: 0,
         };
-        let mut set = HashSet::new();
+        let mut recorded_here = 0;
         match l {
             Ok(l) => {
                 for (name, st) in &l.files {
                     row.files += 1;
                     row.bytes += st.size;
-                    set.insert(name.as_os_str());
-                    all_names.insert(name.as_os_str());
-                    let e = inodes.entry(st.ino).or_insert(Inode {
-                        size: st.size,
-                        nlink: st.nlink,
-                        holders: Vec::new(),
-                    });
-                    e.holders.push(i);
-                    let known = rec.as_ref().is_some_and(|r| r.is_known(name, st.id()));
+                    let ids = *names
+                        .entry(name.as_os_str())
+                        .or_insert_with(|| rec.as_ref().and_then(|r| r.files.get(name)));
+                    if ids.is_some() {
+                        recorded_here += 1;
+                    }
+                    inodes
+                        .entry(st.ino)
+                        .or_insert(Inode {
+                            size: st.size,
+                            nlink: st.nlink,
+                            holders: Vec::new(),
+                        })
+                        .holders
+                        .push(i);
+                    let known = ids.is_some_and(|v| v.contains(&st.id()));
                     if !known && seen_unknown.insert((name.as_os_str(), st.ino)) {
                         if engine::old_enough(st, now, cfg.settle) {
                             undistributed.push(h.path.join(name).display().to_string());
@@ -134,9 +153,10 @@ pub fn gather(cfg: &Config) -> Result<Status> {
             }
             Err(e) => layout_problems.push(format!("cannot list {}: {e}", h.path.display())),
         }
-        names_per_host.push(set);
+        present_recorded.push(recorded_here);
         rows.push(row);
     }
+    tracing::debug!(elapsed = ?t0.elapsed(), "summed");
     let mut physical = 0;
     for ino in inodes.values() {
         physical += ino.size;
@@ -148,21 +168,20 @@ pub fn gather(cfg: &Config) -> Result<Status> {
     let mut owed_links = Vec::new();
     let mut conflicts = Vec::new();
     if let Some(r) = &rec {
-        let owed_to: HashSet<(&OsStr, &str)> = r
-            .owed
-            .iter()
-            .flat_map(|((n, _), hs)| hs.iter().map(move |h| (n.as_os_str(), h.as_str())))
-            .collect();
+        // Pruned: recorded names a host does not hold, less those still
+        // owed to it (not yet linked is not pruned).
         for (i, row) in rows.iter_mut().enumerate() {
-            let host = layout.hosts[i].name.as_str();
-            row.pruned = r
-                .files
-                .keys()
-                .filter(|n| {
-                    !names_per_host[i].contains(n.as_os_str())
-                        && !owed_to.contains(&(n.as_os_str(), host))
+            let h = &layout.hosts[i];
+            let owed_absent = r
+                .owed
+                .iter()
+                .filter(|((n, _), hs)| {
+                    hs.contains(&h.name) && crate::fsops::stat_at(h.fd(), n).is_err()
                 })
-                .count() as u64;
+                .map(|((n, _), _)| n)
+                .collect::<BTreeSet<_>>()
+                .len() as u64;
+            row.pruned = (r.files.len() as u64).saturating_sub(present_recorded[i] + owed_absent);
         }
         for ((n, _), hs) in &r.owed {
             for h in hs {
@@ -198,7 +217,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         daemon_pid: state::lock_holder(&cfg.state_dir),
         record: rec.as_ref().is_some_and(|r| r.initialized),
         hosts: ordered,
-        names: all_names.len() as u64,
+        names: names.len() as u64,
         apparent_bytes: apparent,
         physical_bytes: physical,
         saved_bytes: apparent.saturating_sub(physical),
