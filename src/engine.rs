@@ -92,6 +92,9 @@ pub struct Engine {
     pub counters: Counters,
     /// Decide and count, but change nothing on disk or in the record.
     pub dry_run: bool,
+    /// Byte comparisons made ahead of time (in parallel), keyed by the two
+    /// inodes, with the stats they were made against.
+    compared: rustc_hash::FxHashMap<(u64, u64), (FileStat, FileStat, bool)>,
     touched: BTreeSet<usize>,
     seq: u64,
 }
@@ -127,6 +130,7 @@ impl Engine {
             dedupe,
             counters: Counters::default(),
             dry_run: false,
+            compared: Default::default(),
             touched: BTreeSet::new(),
             seq: 0,
         }
@@ -213,7 +217,10 @@ impl Engine {
                 Ok(s) => {
                     let v = match verdicts.get(&s.ino) {
                         Some(v) => Ok(*v),
-                        None => self.same_content(name, origin, &ost, h, &s),
+                        None => match self.cached_verdict(&ost, &s) {
+                            Some(v) => Ok(v),
+                            None => self.same_content(name, origin, &ost, h, &s),
+                        },
                     };
                     match v {
                         Ok(true) => identical.push((h, s)),
@@ -295,7 +302,7 @@ impl Engine {
                 match self.replace(h, name, wfd, &wst, &s) {
                     Ok(true) => {
                         self.counters.merged += 1;
-                        tracing::info!(host = %self.layout.hosts[h].name, name = %show(name),
+                        tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name),
                             "merged identical copy into one inode");
                     }
                     Ok(false) => failures.push(Failure {
@@ -367,6 +374,49 @@ impl Engine {
         let ha = &self.layout.hosts[a];
         let hb = &self.layout.hosts[b];
         same_content((ha.fd(), &ha.path), ast, (hb.fd(), &hb.path), bst, name)
+    }
+
+    /// A comparison made ahead of time, if both files are unchanged since.
+    fn cached_verdict(&mut self, a: &FileStat, b: &FileStat) -> Option<bool> {
+        let (ca, cb, v) = self.compared.remove(&(a.ino, b.ino))?;
+        (ca.same_content_stamp(a) && cb.same_content_stamp(b)).then_some(v)
+    }
+
+    /// Compares, in parallel, every pair of same-named, same-sized files on
+    /// different inodes that converging `present` will need, so that the
+    /// (serial) linking finds the answers ready.
+    fn precompare(&mut self, present: &HashMap<OsString, Vec<(usize, FileStat)>>) {
+        let mut pairs: Vec<(&OsString, usize, FileStat, usize, FileStat)> = Vec::new();
+        for (name, holders) in present {
+            let Some((oh, ost)) = holders
+                .iter()
+                .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
+            else {
+                continue;
+            };
+            let mut seen = vec![ost.ino];
+            for (h, s) in holders {
+                if !seen.contains(&s.ino) {
+                    seen.push(s.ino);
+                    if s.size == ost.size {
+                        pairs.push((name, *oh, *ost, *h, *s));
+                    }
+                }
+            }
+        }
+        if pairs.len() < 2 {
+            return;
+        }
+        let layout = &self.layout;
+        let verdicts = par_map(&pairs, |(name, a, ast, b, bst)| {
+            let (ha, hb) = (&layout.hosts[*a], &layout.hosts[*b]);
+            same_content((ha.fd(), &ha.path), ast, (hb.fd(), &hb.path), bst, name)
+        });
+        for ((_, _, ast, _, bst), v) in pairs.iter().zip(verdicts) {
+            if let Ok(v) = v {
+                self.compared.insert((ast.ino, bst.ino), (*ast, *bst, v));
+            }
+        }
     }
 
     fn temp_name(&mut self) -> OsString {
@@ -683,6 +733,9 @@ impl Engine {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Vec<Young>> {
         let (present, _) = self.scan(!self.dry_run);
+        if self.dedupe {
+            self.precompare(&present);
+        }
         let configured: Vec<String> = self.layout.hosts.iter().map(|h| h.name.clone()).collect();
         for h in self.store.hosts().clone() {
             if !configured.contains(&h) {
