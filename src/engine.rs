@@ -373,7 +373,12 @@ impl Engine {
     ) -> std::result::Result<bool, FileError> {
         let ha = &self.layout.hosts[a];
         let hb = &self.layout.hosts[b];
-        same_content((ha.fd(), &ha.path), ast, (hb.fd(), &hb.path), bst, name)
+        same_content(
+            (ha.fd(), &ha.path, name),
+            ast,
+            (hb.fd(), &hb.path, name),
+            bst,
+        )
     }
 
     /// A comparison made ahead of time, if both files are unchanged since.
@@ -410,7 +415,12 @@ impl Engine {
         let layout = &self.layout;
         let verdicts = par_map(&pairs, |(name, a, ast, b, bst)| {
             let (ha, hb) = (&layout.hosts[*a], &layout.hosts[*b]);
-            same_content((ha.fd(), &ha.path), ast, (hb.fd(), &hb.path), bst, name)
+            same_content(
+                (ha.fd(), &ha.path, name),
+                ast,
+                (hb.fd(), &hb.path, name),
+                bst,
+            )
         });
         for ((_, _, ast, _, bst), v) in pairs.iter().zip(verdicts) {
             if let Ok(v) = v {
@@ -599,7 +609,7 @@ impl Engine {
         }
         if cleanup_temps {
             for (i, t) in temps {
-                self.cleanup_temp(i, &t);
+                self.cleanup_temp(i, &t, &present);
             }
         }
         (present, complete)
@@ -607,19 +617,37 @@ impl Engine {
 
     /// A temp link left by a crash. Dropped when another name keeps the
     /// inode; otherwise left for the admin (it may be the only copy).
-    fn cleanup_temp(&self, host: usize, name: &OsStr) {
-        let dir = self.layout.hosts[host].fd();
-        match fsops::stat_at(dir, name) {
-            Ok(st) if st.is_regular() && st.nlink > 1 => {
-                if fsops::unlink_at(dir, name).is_ok() {
-                    tracing::info!(path = %self.layout.hosts[host].path.join(name).display(), "removed stale temp link");
-                }
+    fn cleanup_temp(
+        &self,
+        host: usize,
+        name: &OsStr,
+        present: &HashMap<OsString, Vec<(usize, FileStat)>>,
+    ) {
+        let h = &self.layout.hosts[host];
+        let dir = h.fd();
+        let path = h.path.join(name);
+        let Ok(st) = fsops::stat_at(dir, name) else {
+            return;
+        };
+        // An extra link, or a copy whose bytes another name in this host
+        // dir still holds (a crash right after a merge's exchange), goes.
+        let spare = st.is_regular()
+            && (st.nlink > 1
+                || present.iter().any(|(other, holders)| {
+                    holders.iter().any(|(hh, os)| {
+                        *hh == host
+                            && os.size == st.size
+                            && os.ino != st.ino
+                            && same_content((dir, &h.path, name), &st, (dir, &h.path, other), os)
+                                .unwrap_or(false)
+                    })
+                }));
+        if spare {
+            if fsops::unlink_at(dir, name).is_ok() {
+                tracing::info!(path = %path.display(), "removed stale temp link");
             }
-            Ok(_) => tracing::warn!(
-                path = %self.layout.hosts[host].path.join(name).display(),
-                "stale temp name holds the only link to its file; left for the admin"
-            ),
-            Err(_) => {}
+        } else {
+            tracing::warn!(path = %path.display(), "stale temp name holds the only copy of its bytes; left for the admin");
         }
     }
 
@@ -999,22 +1027,21 @@ pub fn list_dirs(
     out
 }
 
-/// Compares the bytes of `name` in two directories, proving afterwards (by
+/// Compares the bytes of two files (directory, its path, name), proving afterwards (by
 /// re-stat of the open files) that neither changed while being read.
 pub fn same_content(
-    a: (BorrowedFd<'_>, &Path),
+    a: (BorrowedFd<'_>, &Path, &OsStr),
     ast: &FileStat,
-    b: (BorrowedFd<'_>, &Path),
+    b: (BorrowedFd<'_>, &Path, &OsStr),
     bst: &FileStat,
-    name: &OsStr,
 ) -> std::result::Result<bool, FileError> {
-    let ea = |what, e| FileError::new(a.1, &name.to_os_string(), what, e);
-    let eb = |what, e| FileError::new(b.1, &name.to_os_string(), what, e);
+    let ea = |what, e| FileError::new(a.1, &a.2.to_os_string(), what, e);
+    let eb = |what, e| FileError::new(b.1, &b.2.to_os_string(), what, e);
     if ast.size != bst.size {
         return Ok(false);
     }
-    let mut fa = fsops::open_read_at(a.0, name, ast).map_err(|e| ea("open for compare", e))?;
-    let mut fb = fsops::open_read_at(b.0, name, bst).map_err(|e| eb("open for compare", e))?;
+    let mut fa = fsops::open_read_at(a.0, a.2, ast).map_err(|e| ea("open for compare", e))?;
+    let mut fb = fsops::open_read_at(b.0, b.2, bst).map_err(|e| eb("open for compare", e))?;
     let same = fsops::same_bytes(&mut fa, &mut fb).map_err(|e| {
         eb(
             "read for compare",
@@ -1113,7 +1140,12 @@ pub fn import_flat(
                 continue;
             }
             Ok(t) => {
-                match same_content((src.as_fd(), from), &st, (host.fd(), &host.path), &t, &name) {
+                match same_content(
+                    (src.as_fd(), from, &name),
+                    &st,
+                    (host.fd(), &host.path, &name),
+                    &t,
+                ) {
                     Ok(true) => {
                         out.duplicates += 1;
                         if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {

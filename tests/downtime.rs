@@ -137,10 +137,14 @@ fn temp_links_left_by_a_crash_are_cleaned_up_only_when_safe() {
     // A crash mid-merge can leave a temp link: one that is an extra link of
     // a file still named elsewhere is dropped...
     fs::hard_link(env.path("a", "kept"), env.path("b", ".distlink-tmp.999.1")).unwrap();
-    // ...one that is the only link to its bytes is left for the admin.
+    // ...so is a lone copy whose bytes another name in that dir holds (a
+    // crash right after a merge swapped it out)...
+    fs::write(env.path("b", ".distlink-tmp.999.3"), b"k").unwrap();
+    // ...but one that is the only copy of its bytes is left for the admin.
     fs::write(env.path("b", ".distlink-tmp.999.2"), b"only copy").unwrap();
     let d = env.start();
     assert!(!env.exists("b", ".distlink-tmp.999.1"));
+    assert!(!env.exists("b", ".distlink-tmp.999.3"));
     assert!(env.exists("b", ".distlink-tmp.999.2"));
     assert!(d.log().contains("left for the admin"));
     assert_eq!(env.nlink("a", "kept"), 2);
