@@ -20,7 +20,7 @@ fn portage_rename_is_linked_at_once_and_the_temp_name_never_is() {
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(env.nlink("a", "foo-1.0.tar.gz"), 3);
     assert!(!env.exists("b", "foo-1.0.tar.gz.__download__"));
-    assert!(d.log().contains("distributed"));
+    d.wait_log("distributed", WAIT);
 }
 
 #[test]

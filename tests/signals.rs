@@ -25,7 +25,7 @@ fn sigterm_and_sigint_stop_with_exit_0() {
         d.signal(sig);
         let st = d.wait(WAIT);
         assert_eq!(st.code(), Some(0), "{sig:?}: {}", d.log());
-        assert!(d.log().contains("stopped"));
+        d.wait_log("stopped", WAIT);
     }
 }
 
@@ -100,7 +100,8 @@ fn readiness_is_logged_and_sent_to_notify_socket() {
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("no READY=1 received");
     assert_eq!(&buf[..n], b"READY=1");
-    assert!(d.log().contains("ready"));
+    // The log line is written just before the notification.
+    d.wait_log("ready", WAIT);
     d.signal(Signal::SIGTERM);
     let n = sock.recv(&mut buf).expect("no STOPPING=1 received");
     assert_eq!(&buf[..n], b"STOPPING=1");
