@@ -286,7 +286,8 @@ fn inner() {
     fs::create_dir_all("/run/rpcbind").unwrap();
     fs::create_dir_all("/run/ganesha").unwrap();
     let mut env = Env::new(&["h1", "h2"]);
-    env.settle = "1s".into();
+    // Much longer than the pauses between the in-place writes below.
+    env.settle = "3s".into();
     let work = env.tmp.path().to_path_buf();
     fs::create_dir(work.join("recovery")).unwrap();
     let conf = work.join("ganesha.conf");
