@@ -29,6 +29,9 @@ pub struct FileStat {
     pub ctime_ns: i64,
     /// Birth time, when the filesystem reports one.
     pub btime_ns: Option<i64>,
+    /// The mount it was reached through, when the kernel reports it (hard
+    /// links cannot cross mounts, even of one filesystem).
+    pub mnt_id: Option<u64>,
 }
 
 /// The identity of one file generation: its inode number plus a birth stamp
@@ -92,7 +95,7 @@ fn statx_raw(dirfd: BorrowedFd<'_>, name: &CString, flags: i32) -> Result<FileSt
             dirfd.as_raw_fd(),
             name.as_ptr(),
             flags | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME | libc::STATX_MNT_ID,
             buf.as_mut_ptr(),
         )
     };
@@ -111,6 +114,7 @@ fn statx_raw(dirfd: BorrowedFd<'_>, name: &CString, flags: i32) -> Result<FileSt
         mtime_ns: ts(s.stx_mtime),
         ctime_ns: ts(s.stx_ctime),
         btime_ns: (s.stx_mask & libc::STATX_BTIME != 0).then(|| ts(s.stx_btime)),
+        mnt_id: (s.stx_mask & libc::STATX_MNT_ID != 0).then_some(s.stx_mnt_id),
     })
 }
 

@@ -133,7 +133,29 @@ impl Layout {
             return Ok(());
         };
         if self.hosts.iter().all(|h| h.stat.dev == first.stat.dev) {
-            return Ok(());
+            if self
+                .hosts
+                .iter()
+                .all(|h| h.stat.mnt_id == first.stat.mnt_id)
+            {
+                return Ok(());
+            }
+            let list: Vec<String> = self
+                .hosts
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{} (mount {})",
+                        h.path.display(),
+                        h.stat.mnt_id.unwrap_or(0)
+                    )
+                })
+                .collect();
+            return Err(Error::Refused(format!(
+                "host dirs are on one filesystem but on different mounts (a bind mount?), and hard \
+                 links cannot cross mounts: {}",
+                list.join(", ")
+            )));
         }
         let list: Vec<String> = self
             .hosts
@@ -171,21 +193,11 @@ impl Layout {
     pub fn reopen_host(&mut self, i: usize) -> Result<Opened> {
         let name = self.hosts[i].name.clone();
         let (dir, opened) = self.open_host(&name)?;
-        if let Some(other) = self
-            .hosts
-            .iter()
-            .enumerate()
-            .find(|(j, h)| *j != i && h.stat.dev != dir.stat.dev)
-        {
-            return Err(Error::Refused(format!(
-                "host dir {} is on device {}, but {} is on device {}",
-                dir.path.display(),
-                dir.stat.dev,
-                other.1.path.display(),
-                other.1.stat.dev
-            )));
+        let old = std::mem::replace(&mut self.hosts[i], dir);
+        if let Err(e) = self.check_same_fs() {
+            self.hosts[i] = old;
+            return Err(e);
         }
-        self.hosts[i] = dir;
         Ok(opened)
     }
 }
@@ -201,14 +213,17 @@ impl Layout {
             if self.index_of(n).is_none() {
                 let (dir, opened) = self.open_host(n)?;
                 if let Some(first) = self.hosts.first()
-                    && first.stat.dev != dir.stat.dev
+                    && (first.stat.dev != dir.stat.dev || first.stat.mnt_id != dir.stat.mnt_id)
                 {
                     return Err(Error::Refused(format!(
-                        "host dir {} (device {}) is not on the filesystem of {} (device {})",
+                        "host dir {} (device {}, mount {}) is not on the filesystem and mount of {} \
+                         (device {}, mount {}); hard links cannot cross them",
                         dir.path.display(),
                         dir.stat.dev,
+                        dir.stat.mnt_id.unwrap_or(0),
                         first.path.display(),
-                        first.stat.dev
+                        first.stat.dev,
+                        first.stat.mnt_id.unwrap_or(0)
                     )));
                 }
                 if opened == Opened::Created {

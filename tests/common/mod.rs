@@ -181,6 +181,14 @@ impl Env {
         fs::rename(&staged, self.path(host, name)).expect("rename staged");
     }
 
+    /// Writes a file in the root's own `.staging` dir, then renames it into
+    /// `host` (for roots that are a separate filesystem).
+    pub fn move_in_tmp(&self, host: &str, name: impl AsRef<OsStr>, data: &[u8]) {
+        let staged = self.root.join(".staging-file");
+        fs::write(&staged, data).expect("write staged");
+        fs::rename(&staged, self.path(host, name)).expect("rename staged");
+    }
+
     /// Writes a file in place (created, written, closed).
     pub fn write(&self, host: &str, name: impl AsRef<OsStr>, data: &[u8]) {
         fs::write(self.path(host, name), data).expect("write in place");
