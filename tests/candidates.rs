@@ -60,6 +60,13 @@ fn symlinks_dirs_fifos_sockets_and_setid_files_are_never_linked() {
     )
     .unwrap();
     let _sock = std::os::unix::net::UnixListener::bind(env.path("a", "sock")).unwrap();
+    // A device node (needs root; a client with root_squash cannot make one).
+    let _ = nix::sys::stat::mknod(
+        &env.path("a", "null-dev"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    );
     env.write("a", "setuid", b"x");
     fs::set_permissions(env.path("a", "setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
     env.write("a", "setgid", b"x");

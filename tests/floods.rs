@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 /// CPU seconds (user + system) the process has used so far.
 fn cpu_secs(pid: u32) -> f64 {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
         + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
     ticks as f64 / 100.0
@@ -19,7 +24,10 @@ fn cpu_secs(pid: u32) -> f64 {
 
 #[test]
 fn a_hundred_thousand_empty_files_are_all_linked() {
-    let n: usize = std::env::var("DISTLINK_FLOOD_FILES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("DISTLINK_FLOOD_FILES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     let env = Env::new(&["a", "b"]);
     let mut d = env.start();
     let t = Instant::now();
@@ -32,7 +40,10 @@ fn a_hundred_thousand_empty_files_are_all_linked() {
         "only {} of {n} linked",
         env.names("b").len()
     );
-    eprintln!("{n} empty files written in {written:?}, all linked after {:?}", t.elapsed());
+    eprintln!(
+        "{n} empty files written in {written:?}, all linked after {:?}",
+        t.elapsed()
+    );
     env.fetch("a", "marker", b"m");
     env.wait_everywhere("marker");
     assert!(d.stop().success());
@@ -52,9 +63,15 @@ fn a_file_rewritten_every_10ms_is_never_linked_and_costs_little_cpu() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let cpu = cpu_secs(pid) - cpu0;
-    assert!(!env.exists("b", "churn.bin"), "a file that never settled was linked");
+    assert!(
+        !env.exists("b", "churn.bin"),
+        "a file that never settled was linked"
+    );
     // About 300 rewrites in 3 s: a few events each, no busy loop.
-    assert!(cpu < 1.5, "daemon used {cpu:.2} CPU seconds in 3 s of churn");
+    assert!(
+        cpu < 1.5,
+        "daemon used {cpu:.2} CPU seconds in 3 s of churn"
+    );
     // Still responsive.
     env.fetch("a", "after-churn", b"x");
     env.wait_everywhere("after-churn");
@@ -72,7 +89,11 @@ fn a_rename_ping_pong_does_not_wedge_the_daemon() {
     let end = Instant::now() + Duration::from_secs(2);
     let mut flips = 0;
     while Instant::now() < end {
-        let (from, to) = if flips % 2 == 0 { ("ping", "pong") } else { ("pong", "ping") };
+        let (from, to) = if flips % 2 == 0 {
+            ("ping", "pong")
+        } else {
+            ("pong", "ping")
+        };
         fs::rename(env.path("a", from), env.path("a", to)).unwrap();
         flips += 1;
     }
