@@ -167,14 +167,15 @@ proptest! {
                     e.commit().unwrap();
                 }
                 Op::Restart => {
-                    engine = None;
+                    // Stop (releasing the lock) before starting again.
+                    drop(engine.take());
                     engine = Some(open(&root, &state, false));
                 }
                 Op::PlantAndAdopt { host, name, content: c } => {
                     if model[*host].contains_key(name) {
                         continue;
                     }
-                    engine = None;
+                    drop(engine.take());
                     fs::write(root.join(HOSTS[*host]).join(format!("n{name}")), content(*c)).unwrap();
                     model[*host].insert(*name, *c);
                     engine = Some(open(&root, &state, true));
