@@ -18,7 +18,8 @@ use crate::settle::{Key, Seen, Settler, Stamp, Verdict};
 use crate::state::Store;
 use crate::watch::{Kind, Msg, WatchEvent, Watcher};
 
-/// How often links that failed (or are owed to a new host) are retried.
+/// How often owed links (failed earlier, or owed to a new host) are looked
+/// at; each one that keeps failing backs off on its own (see the engine).
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 
 /// Opens the record (taking the lock) and the layout. Without a record, a
@@ -480,6 +481,7 @@ impl Daemon {
         }
         self.cfg = new;
         self.engine.sync_hosts();
+        self.engine.retry_now();
         self.engine.pay_owed();
         self.rescan = true;
         tracing::info!(hosts = self.engine.layout.hosts.len(), "config reloaded");

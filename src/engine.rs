@@ -22,6 +22,11 @@ use crate::layout::Layout;
 use crate::names::{self, NameFilter};
 use crate::state::{Conflict, Store};
 
+/// The first retry of a failed link comes after this long...
+const RETRY_FIRST: Duration = Duration::from_secs(10);
+/// ...and the delay doubles up to this.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// Running totals, for logs and `sync`'s summary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
@@ -95,6 +100,8 @@ pub struct Engine {
     /// Byte comparisons made ahead of time (in parallel), keyed by the two
     /// inodes, with the stats they were made against.
     compared: rustc_hash::FxHashMap<(u64, u64), (FileStat, FileStat, bool)>,
+    /// When each failing owed link may be tried again, and the current delay.
+    backoff: rustc_hash::FxHashMap<(OsString, fsops::FileId), (std::time::Instant, Duration)>,
     touched: BTreeSet<usize>,
     seq: u64,
 }
@@ -131,6 +138,7 @@ impl Engine {
             counters: Counters::default(),
             dry_run: false,
             compared: Default::default(),
+            backoff: Default::default(),
             touched: BTreeSet::new(),
             seq: 0,
         }
@@ -490,7 +498,12 @@ impl Engine {
 
     /// Links still owed to hosts (failed earlier, or seeding a new host).
     pub fn pay_owed(&mut self) {
+        let now = std::time::Instant::now();
         for (name, id, hosts) in self.store.owed() {
+            let key = (name.clone(), id);
+            if self.backoff.get(&key).is_some_and(|(at, _)| *at > now) {
+                continue;
+            }
             let targets: Vec<usize> = hosts
                 .iter()
                 .filter_map(|h| self.layout.index_of(h))
@@ -512,18 +525,34 @@ impl Engine {
                         Ok(f) => f,
                         Err(e) => {
                             tracing::warn!(error = %e, "will retry");
-                            continue;
+                            vec![usize::MAX]
                         }
                     }
                 }
             };
+            if failed.is_empty() {
+                self.backoff.remove(&key);
+            } else {
+                // Retry a link that keeps failing less and less often.
+                let delay = self
+                    .backoff
+                    .get(&key)
+                    .map_or(RETRY_FIRST, |(_, d)| (*d * 2).min(RETRY_MAX));
+                self.backoff.insert(key, (now + delay, delay));
+            }
             for h in hosts {
                 let idx = self.layout.index_of(&h);
-                if idx.is_none_or(|i| !failed.contains(&i)) {
+                if failed != [usize::MAX] && idx.is_none_or(|i| !failed.contains(&i)) {
                     self.store.paid(&name, id, &h);
                 }
             }
         }
+    }
+
+    /// Makes every owed link due now (after a reload: the admin may have
+    /// fixed what made them fail).
+    pub fn retry_now(&mut self) {
+        self.backoff.clear();
     }
 
     /// Aligns the record's host list with the configured hosts: a new host

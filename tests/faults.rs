@@ -228,3 +228,41 @@ fn a_deleted_or_truncated_record_is_refused_with_the_way_on() {
         assert!(!env.exists("b", "f"), "{damage}: the prune was undone");
     }
 }
+
+#[test]
+fn a_file_at_the_hard_link_limit_is_logged_and_the_rest_continues() {
+    let env = Env::new(&["a", "b", "c"]);
+    // ext4 allows 65,000 links; other filesystems differ (tmpfs has no limit).
+    let side = env.root.join(".side");
+    fs::create_dir(&side).unwrap();
+    fs::write(side.join("orig"), b"popular").unwrap();
+    let mut made = 1u64;
+    while made < 64_999 {
+        if fs::hard_link(side.join("orig"), side.join(format!("l{made}"))).is_err() {
+            break;
+        }
+        made += 1;
+    }
+    if made < 64_999 {
+        eprintln!("skipped: this filesystem stops at {made} links, not ext4's 65,000");
+        return;
+    }
+    let d = env.start();
+    fs::rename(side.join("orig"), env.path("a", "popular.tar")).unwrap();
+    // b gets the 65,000th link; c cannot.
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "popular.tar")));
+    d.wait_log("EMLINK", WAIT);
+    assert!(
+        d.log()
+            .contains(&env.path("c", "popular.tar").display().to_string()),
+        "{}",
+        d.log()
+    );
+    assert!(!env.exists("c", "popular.tar"));
+    // Everything else goes on.
+    env.fetch("b", "other.tar", b"o");
+    env.wait_everywhere("other.tar");
+    // Once links are freed, the owed link is made.
+    fs::remove_dir_all(&side).unwrap();
+    env.wait_everywhere("popular.tar");
+}
