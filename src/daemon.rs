@@ -3,7 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -16,7 +21,10 @@ use crate::layout::Layout;
 use crate::names::NameFilter;
 use crate::settle::{Key, Seen, Settler, Stamp, Verdict};
 use crate::state::Store;
-use crate::watch::{Kind, Msg, WatchEvent, Watcher};
+use crate::watch::{Kind, WatchEvent, Watcher};
+
+/// How long the record may trail the links it describes.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
 /// How often owed links (failed earlier, or owed to a new host) are looked
 /// at; each one that keeps failing backs off on its own (see the engine).
@@ -117,35 +125,52 @@ struct Daemon {
     rescan: bool,
     next_retry: Instant,
     next_poll: Option<Instant>,
+    next_commit: Option<Instant>,
+}
+
+/// Signals, turned into flags plus a wake-up byte on a socket the event
+/// loop polls.
+struct Signals {
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+    wake: UnixStream,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let io = |e: std::io::Error| Error::Io {
+            path: "signal handlers".into(),
+            source: e,
+        };
+        let (wake, writer) = UnixStream::pair().map_err(io)?;
+        wake.set_nonblocking(true).map_err(io)?;
+        writer.set_nonblocking(true).map_err(io)?;
+        let term = Arc::new(AtomicBool::new(false));
+        let hup = Arc::new(AtomicBool::new(false));
+        for sig in [SIGTERM, SIGINT] {
+            signal_hook::flag::register(sig, term.clone()).map_err(io)?;
+        }
+        signal_hook::flag::register(SIGHUP, hup.clone()).map_err(io)?;
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            signal_hook::low_level::pipe::register(sig, writer.try_clone().map_err(io)?)
+                .map_err(io)?;
+        }
+        Ok(Signals { term, hup, wake })
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!(std::io::Read::read(&mut self.wake, &mut buf), Ok(n) if n > 0) {}
+    }
 }
 
 /// `distlink run`: reconcile, then follow events until SIGTERM/SIGINT.
 pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
-    let (tx, rx) = mpsc::channel::<Msg>();
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| Error::Io {
-            path: "signal handlers".into(),
-            source: e,
-        })?;
-    let stx = tx.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for s in signals.forever() {
-                if stx.send(Msg::Signal(s)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| Error::Io {
-            path: "signal thread".into(),
-            source: e,
-        })?;
-
+    let mut signals = Signals::install()?;
     let engine = open_engine(&cfg, false)?;
     let watcher = match cfg.watch {
         WatchMode::Inotify => {
-            let mut w = Watcher::start(tx.clone()).map_err(|e| Error::Io {
+            let mut w = Watcher::new().map_err(|e| Error::Io {
                 path: "inotify".into(),
                 source: e,
             })?;
@@ -154,7 +179,6 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         }
         WatchMode::Poll(_) => None,
     };
-    drop(tx);
     let mut d = Daemon {
         settler: Settler::new(cfg.settle),
         next_poll: match cfg.watch {
@@ -168,6 +192,7 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         ready: Vec::new(),
         rescan: false,
         next_retry: Instant::now() + RETRY_EVERY,
+        next_commit: None,
     };
     // Watches are in place before the scan, so nothing slips between them.
     d.engine.sync_hosts();
@@ -181,7 +206,7 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         "ready"
     );
     sd_notify("READY=1");
-    let res = d.event_loop(&rx);
+    let res = d.event_loop(&mut signals);
     sd_notify("STOPPING=1");
     let commit = d.engine.commit();
     res.and(commit)?;
@@ -213,7 +238,7 @@ impl Daemon {
         }
     }
 
-    fn event_loop(&mut self, rx: &Receiver<Msg>) -> Result<()> {
+    fn event_loop(&mut self, signals: &mut Signals) -> Result<()> {
         loop {
             let now = Instant::now();
             let mut deadline = self.next_retry;
@@ -223,59 +248,65 @@ impl Daemon {
             if let Some(t) = self.next_poll {
                 deadline = deadline.min(t);
             }
-            let wait = deadline.saturating_duration_since(now);
-            let mut stop = false;
-            match rx.recv_timeout(wait) {
-                Ok(msg) => stop |= self.handle(msg),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Refused("event sources disconnected".into()));
+            if let Some(t) = self.next_commit {
+                deadline = deadline.min(t);
+            }
+            let wait_ms = deadline
+                .saturating_duration_since(now)
+                .as_millis()
+                .min(60_000) as u16;
+            {
+                let mut fds = vec![PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
+                if let Some(w) = &self.watcher {
+                    fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
+                }
+                match nix::poll::poll(&mut fds, PollTimeout::from(wait_ms)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(Error::sys("poll", e)),
                 }
             }
-            // Take whatever else is queued, as one batch.
-            for _ in 0..4096 {
-                match rx.try_recv() {
-                    Ok(msg) => stop |= self.handle(msg),
-                    Err(_) => break,
+            signals.drain();
+            let stop = signals.term.load(Ordering::Relaxed);
+            if stop {
+                tracing::info!("stopping on signal");
+            }
+            if signals.hup.swap(false, Ordering::Relaxed) {
+                self.reload();
+            }
+            // Everything queued now is one batch.
+            let batch = match self.watcher.as_mut().map(Watcher::read) {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "inotify read failed; falling back to rescans");
+                    self.watcher = None;
+                    self.next_poll = Some(Instant::now());
+                    self.cfg.watch = WatchMode::Poll(crate::config::DEFAULT_POLL);
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            for ev in &batch {
+                let Some(w) = self.watcher.as_ref() else {
+                    break;
+                };
+                if let Some(we) = w.classify(ev) {
+                    self.on_watch_event(we);
                 }
             }
             self.work();
-            self.engine.commit()?;
+            // Group commit: the links are made at once, the record follows
+            // within COMMIT_EVERY (always after the links, so a crash in
+            // between only leaves work for the next start).
+            let now = Instant::now();
+            if self.engine.pending() {
+                let due = *self.next_commit.get_or_insert(now + COMMIT_EVERY);
+                if due <= now || stop {
+                    self.engine.commit()?;
+                    self.next_commit = None;
+                }
+            }
             if stop {
                 return Ok(());
-            }
-        }
-    }
-
-    /// Returns true when asked to stop.
-    fn handle(&mut self, msg: Msg) -> bool {
-        match msg {
-            Msg::Signal(SIGTERM) | Msg::Signal(SIGINT) => {
-                tracing::info!("stopping on signal");
-                true
-            }
-            Msg::Signal(SIGHUP) => {
-                self.reload();
-                false
-            }
-            Msg::Signal(_) => false,
-            Msg::FsError(e) => {
-                tracing::error!(error = %e, "inotify read failed; falling back to rescans");
-                self.watcher = None;
-                self.next_poll = Some(Instant::now());
-                self.cfg.watch = WatchMode::Poll(crate::config::DEFAULT_POLL);
-                false
-            }
-            Msg::Fs(batch) => {
-                for ev in &batch {
-                    let Some(w) = self.watcher.as_ref() else {
-                        break;
-                    };
-                    if let Some(we) = w.classify(ev) {
-                        self.on_watch_event(we);
-                    }
-                }
-                false
             }
         }
     }
@@ -341,6 +372,7 @@ impl Daemon {
             return;
         }
         self.settler.forget_host(i);
+        self.engine.hosts_changed();
         match self.engine.layout.reopen_host(i) {
             Ok(how) => {
                 let h = &self.engine.layout.hosts[i];
@@ -465,6 +497,7 @@ impl Daemon {
                 tracing::info!(host = %name, "host removed from the config; its dir is left untouched");
             }
         }
+        self.engine.hosts_changed();
         self.settler.remap_hosts(|h| map.get(h).copied().flatten());
         self.engine.filter = filter;
         self.engine.dedupe = new.dedupe;

@@ -22,6 +22,10 @@ use crate::layout::Layout;
 use crate::names::{self, NameFilter};
 use crate::state::{Conflict, Store};
 
+/// How long a check that every host dir is still the one held open is
+/// trusted.
+const HOST_CHECK_EVERY: Duration = Duration::from_millis(100);
+
 /// The first retry of a failed link comes after this long...
 const RETRY_FIRST: Duration = Duration::from_secs(10);
 /// ...and the delay doubles up to this.
@@ -102,6 +106,8 @@ pub struct Engine {
     compared: rustc_hash::FxHashMap<(u64, u64), (FileStat, FileStat, bool)>,
     /// When each failing owed link may be tried again, and the current delay.
     backoff: rustc_hash::FxHashMap<(OsString, fsops::FileId), (std::time::Instant, Duration)>,
+    /// When the host dirs were last checked, and the result per host.
+    hosts_checked: Option<(std::time::Instant, Vec<bool>)>,
     touched: BTreeSet<usize>,
     seq: u64,
 }
@@ -139,6 +145,7 @@ impl Engine {
             dry_run: false,
             compared: Default::default(),
             backoff: Default::default(),
+            hosts_checked: None,
             touched: BTreeSet::new(),
             seq: 0,
         }
@@ -205,7 +212,7 @@ impl Engine {
             if h == origin {
                 continue;
             }
-            if !self.layout.host_is_current(h) {
+            if !self.host_ok(h) {
                 // The dir was removed or swapped (maybe for a symlink):
                 // touch nothing there until it is reopened.
                 failures.push(Failure {
@@ -387,6 +394,29 @@ impl Engine {
             (hb.fd(), &hb.path, name),
             bst,
         )
+    }
+
+    /// Whether `<root>/<host>` still is the dir held open. Checked for all
+    /// hosts at most every [`HOST_CHECK_EVERY`] (a swap is also reported by
+    /// the root watch at once), not once per file and host.
+    fn host_ok(&mut self, h: usize) -> bool {
+        let stale = self.hosts_checked.as_ref().is_none_or(|(at, v)| {
+            at.elapsed() > HOST_CHECK_EVERY || v.len() != self.layout.hosts.len()
+        });
+        if stale {
+            let v = (0..self.layout.hosts.len())
+                .map(|i| self.layout.host_is_current(i))
+                .collect();
+            self.hosts_checked = Some((std::time::Instant::now(), v));
+        }
+        self.hosts_checked
+            .as_ref()
+            .is_some_and(|(_, v)| v.get(h).copied().unwrap_or(false))
+    }
+
+    /// Forgets the cached host check (after a host dir was reopened).
+    pub fn hosts_changed(&mut self) {
+        self.hosts_checked = None;
     }
 
     /// A comparison made ahead of time, if both files are unchanged since.
@@ -609,6 +639,7 @@ impl Engine {
             }
             usable.push(i);
         }
+        self.hosts_checked = None;
         let dirs: Vec<(BorrowedFd<'_>, &Path)> = usable
             .iter()
             .map(|&i| {
@@ -879,6 +910,11 @@ impl Engine {
             .iter()
             .next()
             .map(|(n, v)| self.layout.hosts[v[0].0].path.join(n))
+    }
+
+    /// Whether links or record changes wait for [`Engine::commit`].
+    pub fn pending(&self) -> bool {
+        !self.touched.is_empty() || self.store.dirty()
     }
 
     /// Makes the links durable, then writes the record.

@@ -4,25 +4,18 @@
 //! they are on exactly the directories it operates on, never on whatever a
 //! path resolves to later.
 //!
-//! A reader thread turns raw events into [`Msg::Fs`] batches; the daemon
-//! loop classifies them with [`Watcher::classify`].
+//! The daemon loop polls the inotify fd itself and reads every queued event
+//! as one batch (no reader thread: events queue up in the kernel while a
+//! batch is being worked on), then classifies them with
+//! [`Watcher::classify`].
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::Sender;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
 use crate::layout::Layout;
-
-/// Everything the daemon loop waits for.
-#[derive(Debug)]
-pub enum Msg {
-    Fs(Vec<RawEvent>),
-    FsError(String),
-    Signal(i32),
-}
 
 #[derive(Debug, Clone)]
 pub struct RawEvent {
@@ -74,47 +67,53 @@ const ROOT_MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::EXCL_UNLINK);
 
 pub struct Watcher {
+    inotify: Inotify,
+    buf: Vec<u8>,
     watches: Watches,
     root: Option<WatchDescriptor>,
     hosts: HashMap<WatchDescriptor, usize>,
 }
 
 impl Watcher {
-    /// Creates the inotify instance and its reader thread.
-    pub fn start(tx: Sender<Msg>) -> std::io::Result<Watcher> {
-        let mut inotify = Inotify::init()?;
+    /// Creates the inotify instance (non-blocking).
+    pub fn new() -> std::io::Result<Watcher> {
+        let inotify = Inotify::init()?;
         let watches = inotify.watches();
-        std::thread::Builder::new()
-            .name("inotify".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match inotify.read_events_blocking(&mut buf) {
-                        Ok(events) => {
-                            let batch: Vec<RawEvent> = events
-                                .map(|e| RawEvent {
-                                    wd: e.wd,
-                                    mask: e.mask,
-                                    name: e.name.map(|n| n.to_os_string()),
-                                })
-                                .collect();
-                            if tx.send(Msg::Fs(batch)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = tx.send(Msg::FsError(e.to_string()));
-                            return;
-                        }
-                    }
-                }
-            })?;
         Ok(Watcher {
+            inotify,
+            buf: vec![0u8; 64 * 1024],
             watches,
             root: None,
             hosts: HashMap::new(),
         })
+    }
+
+    /// The fd to poll for readability.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.inotify)
+    }
+
+    /// Every event queued now (empty when none).
+    pub fn read(&mut self) -> std::io::Result<Vec<RawEvent>> {
+        let mut out = Vec::new();
+        loop {
+            match self.inotify.read_events(&mut self.buf) {
+                Ok(events) => {
+                    let before = out.len();
+                    out.extend(events.map(|e| RawEvent {
+                        wd: e.wd,
+                        mask: e.mask,
+                        name: e.name.map(|n| n.to_os_string()),
+                    }));
+                    if out.len() == before {
+                        return Ok(out);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn add(
