@@ -719,7 +719,7 @@ fn dedupe(o: &Opts) -> String {
             Box::new(move |r: &Path| {
                 let mut c = Command::new("sh");
                 c.arg("-c").arg(format!(
-                    "{f} group -q {r} | {f} link -q",
+                    "{f} group {r} 2>/dev/null | {f} link 2>/dev/null",
                     f = fclones.display(),
                     r = r.display()
                 ));
