@@ -428,9 +428,9 @@ impl Engine {
     /// Compares, in parallel, every pair of same-named, same-sized files on
     /// different inodes that converging `present` will need, so that the
     /// (serial) linking finds the answers ready.
-    fn precompare(&mut self, present: &HashMap<OsString, Vec<(usize, FileStat)>>) {
+    fn precompare(&mut self, present: &Present) {
         let mut pairs: Vec<(&OsString, usize, FileStat, usize, FileStat)> = Vec::new();
-        for (name, holders) in present {
+        for (name, holders) in present.iter() {
             let Some((oh, ost)) = holders
                 .iter()
                 .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
@@ -438,7 +438,7 @@ impl Engine {
                 continue;
             };
             let mut seen = vec![ost.ino];
-            for (h, s) in holders {
+            for (h, s) in &holders {
                 if !seen.contains(&s.ino) {
                     seen.push(s.ino);
                     if s.size == ost.size {
@@ -618,10 +618,7 @@ impl Engine {
     /// Lists the candidates in every host dir. Host dirs that vanished are
     /// recreated (empty). Returns name → holders, and whether every host
     /// was read completely.
-    pub fn scan(
-        &mut self,
-        cleanup_temps: bool,
-    ) -> (HashMap<OsString, Vec<(usize, FileStat)>>, bool) {
+    pub fn scan(&mut self, cleanup_temps: bool) -> (Present, bool) {
         let mut complete = true;
         let mut usable = Vec::new();
         for i in 0..self.layout.hosts.len() {
@@ -640,33 +637,8 @@ impl Engine {
             usable.push(i);
         }
         self.hosts_checked = None;
-        let dirs: Vec<(BorrowedFd<'_>, &Path)> = usable
-            .iter()
-            .map(|&i| {
-                (
-                    self.layout.hosts[i].fd(),
-                    self.layout.hosts[i].path.as_path(),
-                )
-            })
-            .collect();
-        let listings = list_dirs(&dirs, &self.filter);
-        let mut present: HashMap<OsString, Vec<(usize, FileStat)>> = HashMap::new();
-        let mut temps = Vec::new();
-        for (&i, listing) in usable.iter().zip(listings) {
-            match listing {
-                Ok(l) => {
-                    complete &= l.complete;
-                    for (name, st) in l.files {
-                        present.entry(name).or_default().push((i, st));
-                    }
-                    temps.extend(l.temps.into_iter().map(|t| (i, t)));
-                }
-                Err(e) => {
-                    tracing::error!(path = %self.layout.hosts[i].path.display(), error = %e, "cannot list host dir");
-                    complete = false;
-                }
-            }
-        }
+        let (present, temps, listed) = self.survey(&usable);
+        complete &= listed;
         if cleanup_temps {
             for (i, t) in temps {
                 self.cleanup_temp(i, &t, &present);
@@ -675,14 +647,95 @@ impl Engine {
         (present, complete)
     }
 
+    /// Reads the host dirs a few at a time (one per CPU), stat'ing each
+    /// inode once however many host dirs link it, into a compact
+    /// [`Present`]: memory stays proportional to the number of names, not
+    /// to names × hosts × a full stat.
+    fn survey(&self, usable: &[usize]) -> (Present, Vec<(usize, OsString)>, bool) {
+        let layout = &self.layout;
+        let filter = &self.filter;
+        use nix::dir::Type;
+        let mut present = Present::default();
+        let mut ino_idx: rustc_hash::FxHashMap<u64, u32> = Default::default();
+        let mut temps = Vec::new();
+        let mut complete = true;
+        // One dir at a time keeps memory to one listing; the stats within a
+        // dir are spread over the CPUs.
+        for chunk in usable.chunks(1) {
+            let raws = par_map(chunk, |&i| fsops::list_dir(layout.hosts[i].fd()));
+            for (&i, raw) in chunk.iter().zip(raws) {
+                let h = &layout.hosts[i];
+                let entries = match raw {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!(path = %h.path.display(), error = %e, "cannot list host dir");
+                        complete = false;
+                        continue;
+                    }
+                };
+                // Which candidates need a stat: inodes not seen yet, or seen
+                // with a single link (so this entry cannot be another link).
+                let mut need = Vec::new();
+                let mut known: Vec<Option<u32>> = vec![None; entries.len()];
+                let mut cand = vec![false; entries.len()];
+                for (k, e) in entries.iter().enumerate() {
+                    if names::is_own_temp(&e.name) {
+                        continue;
+                    }
+                    if !filter.is_candidate(&e.name) || !matches!(e.kind, None | Some(Type::File)) {
+                        continue;
+                    }
+                    cand[k] = true;
+                    match ino_idx.get(&e.ino) {
+                        Some(&idx) if present.stats[idx as usize].nlink > 1 => known[k] = Some(idx),
+                        _ => need.push(k),
+                    }
+                }
+                let stats = par_map(&need, |&k| fsops::stat_at(h.fd(), &entries[k].name));
+                // `need` is in entry order: walk it alongside the entries.
+                let mut fresh = need.into_iter().zip(stats).peekable();
+                for (k, e) in entries.into_iter().enumerate() {
+                    if !cand[k] {
+                        if names::is_own_temp(&e.name) {
+                            temps.push((i, e.name));
+                        }
+                        continue;
+                    }
+                    let mine = match fresh.peek() {
+                        Some((fk, _)) if *fk == k => fresh.next().map(|(_, st)| st),
+                        _ => None,
+                    };
+                    let idx = match known[k] {
+                        Some(idx) => idx,
+                        None => match mine {
+                            Some(Ok(st)) => *ino_idx.entry(st.ino).or_insert_with(|| {
+                                present.stats.push(st);
+                                (present.stats.len() - 1) as u32
+                            }),
+                            Some(Err(Errno::ENOENT)) | None => continue,
+                            Some(Err(err)) => {
+                                tracing::warn!(path = %h.path.join(&e.name).display(), error = %err, "cannot stat; skipped");
+                                complete = false;
+                                continue;
+                            }
+                        },
+                    };
+                    if ineligible(&present.stats[idx as usize]).is_none() {
+                        present
+                            .names
+                            .entry(e.name)
+                            .or_insert_with(|| Vec::with_capacity(usable.len()))
+                            .push((i as u16, idx));
+                    }
+                }
+            }
+        }
+        (present, temps, complete)
+    }
+
     /// A temp link left by a crash. Dropped when another name keeps the
     /// inode; otherwise left for the admin (it may be the only copy).
-    fn cleanup_temp(
-        &self,
-        host: usize,
-        name: &OsStr,
-        present: &HashMap<OsString, Vec<(usize, FileStat)>>,
-    ) {
+    fn cleanup_temp(&self, host: usize, name: &OsStr, present: &Present) {
         let h = &self.layout.hosts[host];
         let dir = h.fd();
         let path = h.path.join(name);
@@ -723,11 +776,11 @@ impl Engine {
     ) -> Vec<Young> {
         let (present, complete) = self.scan(cleanup_temps);
         let mut young = Vec::new();
-        let mut names: Vec<&OsString> = present.keys().collect();
+        let mut names: Vec<&OsString> = present.names().collect();
         names.sort();
         let all: Vec<usize> = (0..self.layout.hosts.len()).collect();
         for name in names {
-            let holders = &present[name];
+            let holders = &present.get(name).unwrap_or_default();
             let mut inodes: Vec<(usize, FileStat)> = Vec::new();
             for (h, st) in holders {
                 if !inodes.iter().any(|(_, s)| s.ino == st.ino) {
@@ -777,7 +830,7 @@ impl Engine {
                 .all_files()
                 .filter(|(n, id)| {
                     !present
-                        .get(*n)
+                        .get(n)
                         .is_some_and(|v| v.iter().any(|(_, s)| s.id() == *id))
                 })
                 .map(|(n, id)| (n.clone(), id))
@@ -786,7 +839,7 @@ impl Engine {
                 self.store.forget(&n, id);
             }
             for n in self.store.conflict_names() {
-                if !present.contains_key(&n) {
+                if !present.contains(&n) {
                     self.store.set_conflicts(&n, Vec::new());
                 }
             }
@@ -833,17 +886,17 @@ impl Engine {
         for h in &configured {
             self.store.add_host(h);
         }
-        let mut names: Vec<&OsString> = present.keys().collect();
+        let mut names: Vec<&OsString> = present.names().collect();
         names.sort();
         let mut p = Progress {
             files_total: names.len() as u64,
-            bytes_total: present.values().map(|v| v[0].1.size).sum(),
+            bytes_total: present.iter().map(|(_, v)| v[0].1.size).sum(),
             ..Progress::default()
         };
         let all: Vec<usize> = (0..self.layout.hosts.len()).collect();
         let mut young = Vec::new();
         for (k, name) in names.iter().enumerate() {
-            let holders = &present[*name];
+            let holders = &present.get(name).unwrap_or_default();
             p.files_done += 1;
             p.bytes_done += holders[0].1.size;
             progress(p);
@@ -891,7 +944,7 @@ impl Engine {
     pub fn adopt(&mut self) -> usize {
         let (present, _) = self.scan(true);
         let mut n = 0;
-        for (name, holders) in &present {
+        for (name, holders) in present.iter() {
             for (_, st) in holders {
                 if !self.store.is_known(name, st.id()) {
                     self.store.record(name, st.id(), st.size);
@@ -930,6 +983,48 @@ impl Engine {
             }
         }
         self.store.commit()
+    }
+}
+
+/// What a scan of the host dirs found: every candidate name, and which
+/// hosts hold it on which inode. One stat per inode and 8 bytes per
+/// (name, host), so 100,000 names × 10 hosts fit in a few tens of MiB.
+#[derive(Debug, Default)]
+pub struct Present {
+    stats: Vec<FileStat>,
+    names: rustc_hash::FxHashMap<OsString, Vec<(u16, u32)>>,
+}
+
+impl Present {
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &OsString> {
+        self.names.keys()
+    }
+
+    pub fn contains(&self, name: &OsStr) -> bool {
+        self.names.contains_key(name)
+    }
+
+    fn expand(&self, v: &[(u16, u32)]) -> Vec<(usize, FileStat)> {
+        v.iter()
+            .map(|&(h, i)| (h as usize, self.stats[i as usize]))
+            .collect()
+    }
+
+    /// The hosts holding `name`, with the stat of what each holds.
+    pub fn get(&self, name: &OsStr) -> Option<Vec<(usize, FileStat)>> {
+        self.names.get(name).map(|v| self.expand(v))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&OsString, Vec<(usize, FileStat)>)> {
+        self.names.iter().map(|(n, v)| (n, self.expand(v)))
     }
 }
 
