@@ -45,20 +45,7 @@ impl Layout {
     /// Opens the root and every host dir (creating missing ones), and checks
     /// that all host dirs share one filesystem.
     pub fn open(root: &Path, hosts: &[String]) -> Result<Layout> {
-        let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
-            Errno::ENOENT => {
-                Error::Config(format!("root: directory {} does not exist", root.display()))
-            }
-            Errno::ENOTDIR => Error::Config(format!("root: {} is not a directory", root.display())),
-            e => Error::sys(root, e),
-        })?;
-        let root_stat = fsops::stat_fd(root_fd.as_fd()).map_err(|e| Error::sys(root, e))?;
-        let mut layout = Layout {
-            root: root.to_path_buf(),
-            root_fd,
-            root_stat,
-            hosts: Vec::new(),
-        };
+        let mut layout = Layout::open_root(root)?;
         for h in hosts {
             let (dir, opened) = layout.open_host(h)?;
             if opened == Opened::Created {
@@ -68,6 +55,24 @@ impl Layout {
         }
         layout.check_same_fs()?;
         Ok(layout)
+    }
+
+    /// Opens the root alone (no host dirs yet).
+    fn open_root(root: &Path) -> Result<Layout> {
+        let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
+            Errno::ENOENT => {
+                Error::Config(format!("root: directory {} does not exist", root.display()))
+            }
+            Errno::ENOTDIR => Error::Config(format!("root: {} is not a directory", root.display())),
+            e => Error::sys(root, e),
+        })?;
+        let root_stat = fsops::stat_fd(root_fd.as_fd()).map_err(|e| Error::sys(root, e))?;
+        Ok(Layout {
+            root: root.to_path_buf(),
+            root_fd,
+            root_stat,
+            hosts: Vec::new(),
+        })
     }
 
     pub fn root_fd(&self) -> BorrowedFd<'_> {
@@ -258,19 +263,7 @@ impl Layout {
     /// Opens the root and the host dirs that exist, creating nothing (for
     /// read-only commands). Returns the problems found with the others.
     pub fn open_existing(root: &Path, hosts: &[String]) -> Result<(Layout, Vec<String>)> {
-        let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
-            Errno::ENOENT => {
-                Error::Config(format!("root: directory {} does not exist", root.display()))
-            }
-            e => Error::sys(root, e),
-        })?;
-        let root_stat = fsops::stat_fd(root_fd.as_fd()).map_err(|e| Error::sys(root, e))?;
-        let mut layout = Layout {
-            root: root.to_path_buf(),
-            root_fd,
-            root_stat,
-            hosts: Vec::new(),
-        };
+        let mut layout = Layout::open_root(root)?;
         let mut problems = Vec::new();
         for h in hosts {
             let path = root.join(h);

@@ -193,6 +193,15 @@ fn print_json<T: serde::Serialize>(v: &T) {
     }
 }
 
+/// Prints a report as JSON or as text.
+fn show<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
+    if json {
+        print_json(value);
+    } else {
+        print!("{}", text(value));
+    }
+}
+
 fn load(src: &Source, hosts: &[String]) -> Result<(Config, Overrides), ExitCode> {
     let ov = src.overrides(hosts);
     match Config::load(&ov) {
@@ -274,11 +283,7 @@ fn main() -> ExitCode {
             };
             match prune::prune(&cfg, &target, &sel, dry_run) {
                 Ok(r) => {
-                    if json {
-                        print_json(&r);
-                    } else {
-                        print!("{}", prune::render(&r));
-                    }
+                    show(json, &r, prune::render);
                     if r.errors.is_empty() {
                         ExitCode::SUCCESS
                     } else {
@@ -308,11 +313,7 @@ fn main() -> ExitCode {
             };
             match migrate::migrate(&cfg, &opts) {
                 Ok(r) => {
-                    if json {
-                        print_json(&r);
-                    } else {
-                        print!("{}", migrate::render(&r));
-                    }
+                    show(json, &r, migrate::render);
                     let import_errors = r.imported.as_ref().is_some_and(|i| !i.errors.is_empty());
                     if r.failed > 0 || import_errors {
                         ExitCode::from(1)
@@ -330,11 +331,7 @@ fn main() -> ExitCode {
             };
             match status::gather(&cfg) {
                 Ok(s) => {
-                    if json {
-                        print_json(&s);
-                    } else {
-                        print!("{}", status::render(&s));
-                    }
+                    show(json, &s, status::render);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
