@@ -343,10 +343,6 @@ impl Store {
         self.rec.files.get(name).is_some_and(|v| v.contains(&id))
     }
 
-    pub fn ids_of(&self, name: &OsStr) -> &[FileId] {
-        self.rec.files.get(name).map(Vec::as_slice).unwrap_or(&[])
-    }
-
     /// Every recorded (name, generation).
     pub fn all_files(&self) -> impl Iterator<Item = (&OsString, FileId)> {
         self.rec
@@ -456,10 +452,6 @@ impl Store {
         self.rec.conflicts.keys().cloned().collect()
     }
 
-    pub fn conflict_count(&self) -> usize {
-        self.rec.conflicts.values().map(Vec::len).sum()
-    }
-
     /// Replaces the recorded conflicts of one name.
     pub fn set_conflicts(&mut self, name: &OsStr, list: Vec<Conflict>) {
         let old = self.rec.conflicts.get(name).cloned().unwrap_or_default();
@@ -538,9 +530,4 @@ impl Store {
         self.ops.clear();
         Ok(())
     }
-}
-
-/// Whether a record exists in `state_dir` at all (without opening it).
-pub fn exists(state_dir: &Path) -> bool {
-    state_dir.join(DB_NAME).exists()
 }
