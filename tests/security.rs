@@ -13,8 +13,19 @@ fn a_host_dir_swapped_for_a_symlink_while_running_leads_nowhere() {
     let outside = env.tmp.path().join("outside");
     fs::create_dir(&outside).unwrap();
     let d = env.start();
-    fs::rename(env.dir("b"), env.root.join("b.old")).unwrap();
-    symlink(&outside, env.dir("b")).unwrap();
+    // Swap atomically (the daemon recreates a host dir that merely vanishes).
+    let exchange = |x: &std::path::Path, y: &std::path::Path| {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            x,
+            nix::fcntl::AT_FDCWD,
+            y,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .unwrap()
+    };
+    symlink(&outside, env.root.join("b.old")).unwrap();
+    exchange(&env.root.join("b.old"), &env.dir("b"));
     env.fetch("a", "payload", b"p");
     d.wait_log("symlink", WAIT);
     std::thread::sleep(QUIET);
@@ -26,8 +37,9 @@ fn a_host_dir_swapped_for_a_symlink_while_running_leads_nowhere() {
     assert!(!env.root.join("b.old/payload").exists());
     assert_eq!(fs::metadata(env.path("a", "payload")).unwrap().nlink(), 1);
     // Put a real dir back: b is reopened, and owed the file.
-    fs::remove_file(env.dir("b")).unwrap();
-    fs::create_dir(env.dir("b")).unwrap();
+    fs::create_dir(env.root.join("b.new")).unwrap();
+    exchange(&env.root.join("b.new"), &env.dir("b"));
+    fs::remove_file(env.root.join("b.new")).unwrap();
     env.wait_everywhere("payload");
 }
 
