@@ -806,15 +806,23 @@ impl Engine {
                 }
                 acted = true;
             }
-            if !acted && inodes.len() > 1 && !self.conflicts_cover(name, holders) {
+            if !acted && inodes.len() > 1 {
                 // All known, yet not one inode: merge identical copies and
-                // (re)record conflicts.
-                if let Some((h, st)) = inodes
-                    .iter()
-                    .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
-                {
-                    let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
-                    if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Tidy) {
+                // (re)record conflicts. (Recorded conflicts are not trusted to
+                // skip this: inode numbers are reused.) Each inode in turn is compared with
+                // the others (most links first), so copies that are
+                // identical to each other but not to the first are merged
+                // too; one merged away is skipped.
+                let mut order = inodes.clone();
+                order.sort_by_key(|(h, s)| (std::cmp::Reverse(s.nlink), *h));
+                for (h, st) in order {
+                    let still = fsops::stat_at(self.layout.hosts[h].fd(), name)
+                        .is_ok_and(|now| now.ino == st.ino);
+                    if !still {
+                        continue;
+                    }
+                    let scope: Vec<usize> = all.iter().copied().filter(|x| *x != h).collect();
+                    if let Err(e) = self.converge(name, h, st, &scope, Mode::Tidy) {
                         tracing::warn!(error = %e, "will retry");
                     }
                 }
@@ -845,21 +853,6 @@ impl Engine {
             }
         }
         young
-    }
-
-    /// Whether the recorded conflicts already explain every differing inode
-    /// of this name (so the bytes need not be compared again).
-    fn conflicts_cover(&self, name: &OsStr, holders: &[(usize, FileStat)]) -> bool {
-        let recorded = self.store.conflicts_of(name);
-        if recorded.is_empty() {
-            return false;
-        }
-        holders.iter().all(|(h, st)| {
-            let hn = &self.layout.hosts[*h].name;
-            recorded
-                .iter()
-                .any(|c| (&c.host == hn && c.ino == st.ino) || c.other_ino == st.ino)
-        })
     }
 
     /// `distlink migrate`: takes the host dirs as they are and links every
