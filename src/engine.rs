@@ -76,6 +76,9 @@ enum Mode {
     /// Every generation present is known, yet the name is on more than
     /// one inode: merge identical copies, record conflicts, fill no gaps.
     Tidy,
+    /// Like `Tidy`, but only merging: conflicts are recorded by the one
+    /// `Tidy` pass that follows, always from the same origin.
+    Merge,
 }
 
 /// One host dir that could not be brought in line this time.
@@ -275,7 +278,7 @@ impl Engine {
 
         // A host lacking a known generation pruned it: only arrivals and
         // owed links fill gaps.
-        if mode == Mode::Tidy {
+        if matches!(mode, Mode::Tidy | Mode::Merge) {
             lacking.clear();
         }
         for h in lacking {
@@ -329,42 +332,44 @@ impl Engine {
             }
         }
 
-        // Conflicts: same name, different bytes. Both are kept untouched.
-        let mut conflicts: Vec<Conflict> = self
-            .store
-            .conflicts_of(name)
-            .iter()
-            .filter(|c| {
-                let hs = &self.layout.hosts;
-                !scope.iter().any(|&h| hs[h].name == c.host) && hs[origin].name != c.host
-            })
-            .cloned()
-            .collect();
-        for (h, s) in &different {
-            let c = Conflict {
-                name: name.to_os_string(),
-                host: self.layout.hosts[*h].name.clone(),
-                ino: s.ino,
-                other_host: self.layout.hosts[winner.0].name.clone(),
-                other_ino: wst.ino,
-            };
-            let already = self
+        if mode != Mode::Merge {
+            // Conflicts: same name, different bytes. Both are kept untouched.
+            let mut conflicts: Vec<Conflict> = self
                 .store
                 .conflicts_of(name)
                 .iter()
-                .any(|o| o.host == c.host && o.ino == c.ino && o.other_ino == c.other_ino);
-            if !already {
-                self.counters.conflicts += 1;
-                tracing::warn!(
-                    path = %self.layout.hosts[*h].path.join(name).display(),
-                    other = %self.layout.hosts[winner.0].path.join(name).display(),
-                    kind = s.kind(),
-                    "conflict: same name, different content; both left untouched"
-                );
+                .filter(|c| {
+                    let hs = &self.layout.hosts;
+                    !scope.iter().any(|&h| hs[h].name == c.host) && hs[origin].name != c.host
+                })
+                .cloned()
+                .collect();
+            for (h, s) in &different {
+                let c = Conflict {
+                    name: name.to_os_string(),
+                    host: self.layout.hosts[*h].name.clone(),
+                    ino: s.ino,
+                    other_host: self.layout.hosts[winner.0].name.clone(),
+                    other_ino: wst.ino,
+                };
+                let already = self
+                    .store
+                    .conflicts_of(name)
+                    .iter()
+                    .any(|o| o.host == c.host && o.ino == c.ino && o.other_ino == c.other_ino);
+                if !already {
+                    self.counters.conflicts += 1;
+                    tracing::warn!(
+                        path = %self.layout.hosts[*h].path.join(name).display(),
+                        other = %self.layout.hosts[winner.0].path.join(name).display(),
+                        kind = s.kind(),
+                        "conflict: same name, different content; both left untouched"
+                    );
+                }
+                conflicts.push(c);
             }
-            conflicts.push(c);
+            self.store.set_conflicts(name, conflicts);
         }
-        self.store.set_conflicts(name, conflicts);
 
         self.store.record(name, wst.id(), wst.size);
         let mut failed = Vec::new();
@@ -808,19 +813,37 @@ impl Engine {
             }
             if !acted && inodes.len() > 1 {
                 // All known, yet not one inode: merge identical copies and
-                // (re)record conflicts. (Recorded conflicts are not trusted to
-                // skip this: inode numbers are reused.) Each inode in turn is compared with
-                // the others (most links first), so copies that are
-                // identical to each other but not to the first are merged
-                // too; one merged away is skipped.
+                // (re)record conflicts. (Recorded conflicts are not trusted
+                // to skip this: inode numbers are reused.) First every inode
+                // but the most linked one is compared with the others, so
+                // copies identical to each other but not to that one merge
+                // too (one merged away meanwhile is skipped).
                 let mut order = inodes.clone();
                 order.sort_by_key(|(h, s)| (std::cmp::Reverse(s.nlink), *h));
-                for (h, st) in order {
-                    let still = fsops::stat_at(self.layout.hosts[h].fd(), name)
+                for (i, (h, st)) in order.iter().enumerate() {
+                    let still = fsops::stat_at(self.layout.hosts[*h].fd(), name)
                         .is_ok_and(|now| now.ino == st.ino);
-                    if !still {
+                    if !still || i == 0 {
                         continue;
                     }
+                    let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
+                    if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Merge) {
+                        tracing::warn!(error = %e, "will retry");
+                    }
+                }
+                // Then once from the inode with the most links now (first
+                // host on a tie): merges into it, records the conflicts, so
+                // they are described from the same side every time.
+                let mut best: Option<(usize, FileStat)> = None;
+                for &h in &all {
+                    if let Ok(st) = fsops::stat_at(self.layout.hosts[h].fd(), name)
+                        && ineligible(&st).is_none()
+                        && best.is_none_or(|(_, b)| st.nlink > b.nlink)
+                    {
+                        best = Some((h, st));
+                    }
+                }
+                if let Some((h, st)) = best {
                     let scope: Vec<usize> = all.iter().copied().filter(|x| *x != h).collect();
                     if let Err(e) = self.converge(name, h, st, &scope, Mode::Tidy) {
                         tracing::warn!(error = %e, "will retry");
