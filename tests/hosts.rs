@@ -34,6 +34,10 @@ fn a_host_dir_on_another_filesystem_is_refused_at_start() {
 #[test]
 fn a_missing_host_dir_is_created_with_the_roots_owner_and_mode() {
     let env = Env::new(&["a"]);
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: giving the root to uid 250 needs root");
+        return;
+    }
     fs::set_permissions(&env.root, fs::Permissions::from_mode(0o2775)).unwrap();
     nix::unistd::chown(
         &env.root,
