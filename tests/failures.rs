@@ -56,5 +56,5 @@ fn a_failed_link_is_retried_while_running() {
     env.fetch("a", "later", b"x");
     d.wait_log("will retry", WAIT);
     let _ = Command::new("chattr").arg("-i").arg(env.dir("b")).status();
-    env.wait_everywhere("later");
+    env.wait_everywhere_within("later", RECOVER);
 }

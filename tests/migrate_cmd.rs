@@ -5,7 +5,6 @@ use common::*;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
 use std::time::Duration;
 
 fn json(out: &str) -> serde_json::Value {
@@ -74,12 +73,7 @@ fn from_another_filesystem_needs_copy_and_then_verifies_before_removing() {
     env.settle = "0s".into();
     let other = env.tmp.path().join("other-fs");
     fs::create_dir(&other).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&other)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+    if !mount_tmpfs(&other, "size=4m") {
         return;
     }
     fs::write(other.join("pkg.tar"), vec![9u8; 100_000]).unwrap();
@@ -99,7 +93,7 @@ fn from_another_filesystem_needs_copy_and_then_verifies_before_removing() {
         "migrate",
         &["--from", &from, "--host", "a", "--copy", "--json"],
     ));
-    let _ = Command::new("umount").arg(&other).status();
+    umount(&other);
     assert_eq!(code, Some(0), "{out}{err}");
     assert_eq!(json(&out)["imported"]["copied"], 1);
     assert_eq!(

@@ -9,6 +9,24 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
+/// Writes the config file: this env's root, the given hosts, extra lines.
+fn write_config(env: &Env, hosts: &[&str], extra: &str) -> std::path::PathBuf {
+    let list: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    env.config(&format!(
+        "root = \"{}\"\nhosts = [{}]\n{extra}",
+        env.root.display(),
+        list.join(", ")
+    ))
+}
+
+/// Starts the daemon on a config file (so SIGHUP re-reads it).
+fn start_on_config(env: &Env, hosts: &[&str]) -> Daemon {
+    let cfg = write_config(env, hosts, "");
+    let d = env.spawn(run_with_config(&cfg));
+    d.wait_log("ready", WAIT);
+    d
+}
+
 fn run_with_config(cfg: &std::path::Path) -> Command {
     let mut c = Command::new(bin());
     c.args(["run", "--settle", SETTLE, "--config"]).arg(cfg);
@@ -32,15 +50,10 @@ fn sigterm_and_sigint_stop_with_exit_0() {
 #[test]
 fn sighup_adds_a_host_and_seeds_it() {
     let env = Env::new(&["a", "b"]);
-    let root = env.root.display();
-    let cfg = env.config(&format!("root = \"{root}\"\nhosts = [\"a\", \"b\"]\n"));
-    let d = env.spawn(run_with_config(&cfg));
-    d.wait_log("ready", WAIT);
+    let d = start_on_config(&env, &["a", "b"]);
     env.fetch("a", "existing", b"e");
     assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "existing")));
-    env.config(&format!(
-        "root = \"{root}\"\nhosts = [\"a\", \"b\", \"c\"]\n"
-    ));
+    write_config(&env, &["a", "b", "c"], "");
     d.signal(Signal::SIGHUP);
     d.wait_log("config reloaded", WAIT);
     assert!(
@@ -55,13 +68,8 @@ fn sighup_adds_a_host_and_seeds_it() {
 #[test]
 fn sighup_with_an_invalid_config_keeps_the_old_one() {
     let env = Env::new(&["a", "b"]);
-    let root = env.root.display();
-    let cfg = env.config(&format!("root = \"{root}\"\nhosts = [\"a\", \"b\"]\n"));
-    let d = env.spawn(run_with_config(&cfg));
-    d.wait_log("ready", WAIT);
-    env.config(&format!(
-        "root = \"{root}\"\nhosts = [\"a\", \"b\"]\nsettle = 5\n"
-    ));
+    let d = start_on_config(&env, &["a", "b"]);
+    write_config(&env, &["a", "b"], "settle = 5\n");
     d.signal(Signal::SIGHUP);
     d.wait_log("keeping the old config", WAIT);
     assert!(d.log().contains("settle"), "{}", d.log());
@@ -72,13 +80,8 @@ fn sighup_with_an_invalid_config_keeps_the_old_one() {
 #[test]
 fn sighup_applies_new_ignore_globs() {
     let env = Env::new(&["a", "b"]);
-    let root = env.root.display();
-    let cfg = env.config(&format!("root = \"{root}\"\nhosts = [\"a\", \"b\"]\n"));
-    let d = env.spawn(run_with_config(&cfg));
-    d.wait_log("ready", WAIT);
-    env.config(&format!(
-        "root = \"{root}\"\nhosts = [\"a\", \"b\"]\nignore = [\"*.iso\"]\n"
-    ));
+    let d = start_on_config(&env, &["a", "b"]);
+    write_config(&env, &["a", "b"], "ignore = [\"*.iso\"]\n");
     d.signal(Signal::SIGHUP);
     d.wait_log("config reloaded", WAIT);
     env.fetch("a", "big.iso", b"i");
@@ -132,13 +135,8 @@ fn json_logs_are_one_object_per_line() {
 #[test]
 fn sighup_removing_a_host_leaves_it_alone_and_keeps_the_others_linked() {
     let env = Env::new(&["a", "b", "c"]);
-    let root = env.root.display();
-    let cfg = env.config(&format!(
-        "root = \"{root}\"\nhosts = [\"a\", \"b\", \"c\"]\n"
-    ));
-    let d = env.spawn(run_with_config(&cfg));
-    d.wait_log("ready", WAIT);
-    env.config(&format!("root = \"{root}\"\nhosts = [\"a\", \"c\"]\n"));
+    let d = start_on_config(&env, &["a", "b", "c"]);
+    write_config(&env, &["a", "c"], "");
     d.signal(Signal::SIGHUP);
     d.wait_log("config reloaded", WAIT);
     env.fetch("c", "from-c", b"c");

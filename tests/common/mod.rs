@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 pub const SETTLE: &str = "300ms";
 /// How long to wait for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(20);
+/// How long to wait for a failed link to be retried: failing links back
+/// off (10 s, then 20 s, ...), so recovery may take two rounds.
+pub const RECOVER: Duration = Duration::from_secs(60);
 /// How long to watch for something that must not happen.
 pub const QUIET: Duration = Duration::from_millis(1500);
 
@@ -223,10 +226,15 @@ impl Env {
 
     /// Waits until `name` is the same inode in every host.
     pub fn wait_everywhere(&self, name: impl AsRef<OsStr>) {
+        self.wait_everywhere_within(name, WAIT)
+    }
+
+    /// Like [`Env::wait_everywhere`], with a chosen timeout.
+    pub fn wait_everywhere_within(&self, name: impl AsRef<OsStr>, timeout: Duration) {
         let name = name.as_ref();
         let hosts = self.all_hosts();
         assert!(
-            wait_until(WAIT, || self.same_inode(&hosts, name)),
+            wait_until(timeout, || self.same_inode(&hosts, name)),
             "{} never became one inode in every host: {:?}",
             show(name),
             hosts
@@ -357,4 +365,22 @@ impl Drop for Daemon {
 /// Whether a path lies on the same filesystem as another.
 pub fn same_dev(a: &Path, b: &Path) -> bool {
     fs::metadata(a).map(|m| m.dev()).ok() == fs::metadata(b).map(|m| m.dev()).ok()
+}
+
+/// Mounts a tmpfs with `opts` on `dir`; false (with a printed reason) when
+/// this machine does not allow it, so the caller can skip.
+pub fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+    }
+    ok
+}
+
+pub fn umount(dir: &Path) {
+    let _ = Command::new("umount").arg(dir).status();
 }
