@@ -383,8 +383,10 @@ impl Daemon {
                 {
                     tracing::error!(error = %e, "cannot watch host dir");
                 }
-                // Whatever the new dir holds is looked at by a rescan.
+                // Whatever the new dir holds is looked at by a rescan, and
+                // links owed to it are tried at once.
                 self.rescan = true;
+                self.engine.retry_now();
             }
             Err(e) => tracing::error!(error = %e, "host dir unusable; will try again"),
         }
