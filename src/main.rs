@@ -214,8 +214,13 @@ fn load(src: &Source, hosts: &[String]) -> Result<(Config, Overrides), ExitCode>
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.cmd {
+    dispatch(Cli::parse().cmd).unwrap_or_else(|code| code)
+}
+
+/// Runs one command; `Err` carries the exit code of a failure already
+/// reported.
+fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
+    Ok(match cmd {
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -233,20 +238,14 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run(common) => {
-            let (cfg, ov) = match load(&common.src, &common.hosts) {
-                Ok(x) => x,
-                Err(c) => return c,
-            };
+            let (cfg, ov) = load(&common.src, &common.hosts)?;
             match daemon::run(cfg, ov) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
         }
         Cmd::Sync { common, adopt } => {
-            let (cfg, _) = match load(&common.src, &common.hosts) {
-                Ok(x) => x,
-                Err(c) => return c,
-            };
+            let (cfg, _) = load(&common.src, &common.hosts)?;
             match daemon::sync(&cfg, adopt) {
                 Ok(r) => {
                     let c = r.counters;
@@ -272,10 +271,7 @@ fn main() -> ExitCode {
             dry_run,
             json,
         } => {
-            let (cfg, _) = match load(&common.src, &common.hosts) {
-                Ok(x) => x,
-                Err(c) => return c,
-            };
+            let (cfg, _) = load(&common.src, &common.hosts)?;
             let sel = prune::Selection {
                 keep_list,
                 older_than,
@@ -301,10 +297,7 @@ fn main() -> ExitCode {
             dry_run,
             json,
         } => {
-            let (cfg, _) = match load(&common.src, &common.hosts) {
-                Ok(x) => x,
-                Err(c) => return c,
-            };
+            let (cfg, _) = load(&common.src, &common.hosts)?;
             let opts = migrate::MigrateOpts {
                 from,
                 host: target,
@@ -325,10 +318,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status { common, json } => {
-            let (cfg, _) = match load(&common.src, &common.hosts) {
-                Ok(x) => x,
-                Err(c) => return c,
-            };
+            let (cfg, _) = load(&common.src, &common.hosts)?;
             match status::gather(&cfg) {
                 Ok(s) => {
                     show(json, &s, status::render);
@@ -338,10 +328,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Check { common, json } => {
-            let (cfg, _) = match load(&common.src, &common.hosts) {
-                Ok(x) => x,
-                Err(c) => return c,
-            };
+            let (cfg, _) = load(&common.src, &common.hosts)?;
             match status::gather(&cfg) {
                 Ok(s) => {
                     let problems = s.problems();
@@ -363,5 +350,5 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-    }
+    })
 }

@@ -76,7 +76,6 @@ pub struct Record {
 
 impl Record {
     fn load(conn: &Connection, p: &Path) -> Result<Record> {
-        let e = db_err(p);
         let mut rec = Record {
             initialized: conn
                 .query_row(
@@ -87,73 +86,39 @@ impl Record {
                 .is_ok(),
             ..Record::default()
         };
-        {
-            let mut st = conn
-                .prepare("SELECT name, ino, birth FROM files")
-                .map_err(&e)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
-                        FileId {
-                            ino: r.get::<_, i64>(1)? as u64,
-                            birth: r.get(2)?,
-                        },
-                    ))
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let (name, id) = row.map_err(&e)?;
-                rec.files.entry(name).or_default().push(id);
-            }
+        let name = |r: &rusqlite::Row, i: usize| -> rusqlite::Result<OsString> {
+            Ok(OsString::from_vec(r.get::<_, Vec<u8>>(i)?))
+        };
+        let id = |r: &rusqlite::Row, i: usize| -> rusqlite::Result<FileId> {
+            Ok(FileId {
+                ino: r.get::<_, i64>(i)? as u64,
+                birth: r.get(i + 1)?,
+            })
+        };
+        for (n, fid) in rows(conn, p, "SELECT name, ino, birth FROM files", |r| {
+            Ok((name(r, 0)?, id(r, 1)?))
+        })? {
+            rec.files.entry(n).or_default().push(fid);
         }
-        {
-            let mut st = conn
-                .prepare("SELECT name, ino, birth, host FROM owed")
-                .map_err(&e)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
-                        FileId {
-                            ino: r.get::<_, i64>(1)? as u64,
-                            birth: r.get(2)?,
-                        },
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let (name, id, host) = row.map_err(&e)?;
-                rec.owed.entry((name, id)).or_default().insert(host);
-            }
+        for (n, fid, host) in rows(conn, p, "SELECT name, ino, birth, host FROM owed", |r| {
+            Ok((name(r, 0)?, id(r, 1)?, r.get::<_, String>(3)?))
+        })? {
+            rec.owed.entry((n, fid)).or_default().insert(host);
         }
-        {
-            let mut st = conn.prepare("SELECT name FROM hosts").map_err(&e)?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(&e)?;
-            for row in rows {
-                rec.hosts.insert(row.map_err(&e)?);
-            }
-        }
-        {
-            let mut st = conn
-                .prepare("SELECT name, host, ino, other_host, other_ino FROM conflicts")
-                .map_err(&e)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok(Conflict {
-                        name: OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
-                        host: r.get(1)?,
-                        ino: r.get::<_, i64>(2)? as u64,
-                        other_host: r.get(3)?,
-                        other_ino: r.get::<_, i64>(4)? as u64,
-                    })
-                })
-                .map_err(&e)?;
-            for row in rows {
-                let c = row.map_err(&e)?;
-                rec.conflicts.entry(c.name.clone()).or_default().push(c);
-            }
+        rec.hosts = rows(conn, p, "SELECT name FROM hosts", |r| r.get::<_, String>(0))?
+            .into_iter()
+            .collect();
+        let sql = "SELECT name, host, ino, other_host, other_ino FROM conflicts";
+        for c in rows(conn, p, sql, |r| {
+            Ok(Conflict {
+                name: name(r, 0)?,
+                host: r.get(1)?,
+                ino: r.get::<_, i64>(2)? as u64,
+                other_host: r.get(3)?,
+                other_ino: r.get::<_, i64>(4)? as u64,
+            })
+        })? {
+            rec.conflicts.entry(c.name.clone()).or_default().push(c);
         }
         Ok(rec)
     }
@@ -161,6 +126,19 @@ impl Record {
     pub fn is_known(&self, name: &OsStr, id: FileId) -> bool {
         self.files.get(name).is_some_and(|v| v.contains(&id))
     }
+}
+
+/// Runs a query and collects its rows.
+fn rows<T>(
+    conn: &Connection,
+    p: &Path,
+    sql: &str,
+    f: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let e = db_err(p);
+    let mut st = conn.prepare(sql).map_err(&e)?;
+    let it = st.query_map([], f).map_err(&e)?;
+    it.collect::<rusqlite::Result<Vec<T>>>().map_err(&e)
 }
 
 /// Reads the record without taking the lock (the daemon may be writing).
