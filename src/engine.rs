@@ -1012,14 +1012,6 @@ pub struct Present {
 }
 
 impl Present {
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     pub fn names(&self) -> impl Iterator<Item = &OsString> {
         self.names.keys()
     }
