@@ -148,13 +148,7 @@ impl Layout {
             let list: Vec<String> = self
                 .hosts
                 .iter()
-                .map(|h| {
-                    format!(
-                        "{} (mount {})",
-                        h.path.display(),
-                        h.stat.mnt_id.unwrap_or(0)
-                    )
-                })
+                .map(|h| format!("{} (mount {})", h.path.display(), h.stat.mnt_id))
                 .collect();
             return Err(Error::Refused(format!(
                 "host dirs are on one filesystem but on different mounts (a bind mount?), and hard \
@@ -225,10 +219,10 @@ impl Layout {
                          (device {}, mount {}); hard links cannot cross them",
                         dir.path.display(),
                         dir.stat.dev,
-                        dir.stat.mnt_id.unwrap_or(0),
+                        dir.stat.mnt_id,
                         first.path.display(),
                         first.stat.dev,
-                        first.stat.mnt_id.unwrap_or(0)
+                        first.stat.mnt_id
                     )));
                 }
                 if opened == Opened::Created {

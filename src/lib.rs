@@ -4,6 +4,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod few;
 pub mod fsops;
 pub mod layout;
 pub mod migrate;

@@ -17,6 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::error::{Error, Result};
+use crate::few::Few;
 use crate::fsops::FileId;
 
 pub const DB_NAME: &str = "state.db";
@@ -68,7 +69,8 @@ pub struct Conflict {
 #[derive(Debug, Default, Clone)]
 pub struct Record {
     pub initialized: bool,
-    pub files: FxHashMap<OsString, Vec<FileId>>,
+    /// Name → its recorded generations (almost always one).
+    pub files: FxHashMap<OsString, Few<FileId>>,
     pub owed: BTreeMap<(OsString, FileId), BTreeSet<String>>,
     pub hosts: BTreeSet<String>,
     pub conflicts: HashMap<OsString, Vec<Conflict>>,
@@ -98,7 +100,12 @@ impl Record {
         for (n, fid) in rows(conn, p, "SELECT name, ino, birth FROM files", |r| {
             Ok((name(r, 0)?, id(r, 1)?))
         })? {
-            rec.files.entry(n).or_default().push(fid);
+            match rec.files.get_mut(&n) {
+                Some(ids) => ids.push(fid),
+                None => {
+                    rec.files.insert(n, Few::One(fid));
+                }
+            }
         }
         for (n, fid, host) in rows(conn, p, "SELECT name, ino, birth, host FROM owed", |r| {
             Ok((name(r, 0)?, id(r, 1)?, r.get::<_, String>(3)?))
@@ -326,19 +333,22 @@ impl Store {
         self.rec
             .files
             .iter()
-            .flat_map(|(n, ids)| ids.iter().map(move |id| (n, *id)))
+            .flat_map(|(n, ids)| ids.as_slice().iter().map(move |id| (n, *id)))
     }
 
     pub fn file_count(&self) -> usize {
-        self.rec.files.values().map(Vec::len).sum()
+        self.rec.files.values().map(Few::len).sum()
     }
 
     pub fn record(&mut self, name: &OsStr, id: FileId, size: u64) {
-        let v = self.rec.files.entry(name.to_os_string()).or_default();
-        if !v.contains(&id) {
-            v.push(id);
-            self.ops.push(Op::Record(name.to_os_string(), id, size));
+        match self.rec.files.get_mut(name) {
+            Some(ids) if ids.contains(&id) => return,
+            Some(ids) => ids.push(id),
+            None => {
+                self.rec.files.insert(name.to_os_string(), Few::One(id));
+            }
         }
+        self.ops.push(Op::Record(name.to_os_string(), id, size));
     }
 
     pub fn forget(&mut self, name: &OsStr, id: FileId) {

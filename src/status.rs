@@ -104,7 +104,8 @@ pub fn gather(cfg: &Config) -> Result<Status> {
     }
     let mut inodes: FxHashMap<u64, Inode> = FxHashMap::default();
     // Every name seen, with its recorded generations (looked up once).
-    let mut names: FxHashMap<&OsStr, Option<&Vec<crate::fsops::FileId>>> = FxHashMap::default();
+    let mut names: FxHashMap<&OsStr, Option<&crate::few::Few<crate::fsops::FileId>>> =
+        FxHashMap::default();
     let mut rows: Vec<HostRow> = Vec::new();
     let mut present_recorded: Vec<u64> = Vec::new();
     let mut undistributed = Vec::new();
@@ -136,7 +137,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
                         .entry(st.ino)
                         .or_insert(Inode {
                             size: st.size,
-                            nlink: st.nlink,
+                            nlink: u64::from(st.nlink),
                             holders: Vec::new(),
                         })
                         .holders
