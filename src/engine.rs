@@ -643,93 +643,17 @@ impl Engine {
             usable.push(i);
         }
         self.hosts_checked = None;
-        let (present, temps, listed) = self.survey(&usable);
-        complete &= listed;
+        let s = survey(&self.layout, &self.filter, &usable);
+        for (i, e) in &s.unlisted {
+            tracing::error!(path = %self.layout.hosts[*i].path.display(), error = %e, "cannot list host dir");
+        }
+        complete &= s.complete;
         if cleanup_temps {
-            for (i, t) in temps {
-                self.cleanup_temp(i, &t, &present);
+            for (i, t) in s.temps {
+                self.cleanup_temp(i, &t, &s.present);
             }
         }
-        (present, complete)
-    }
-
-    /// Reads the host dirs one at a time, stat'ing each inode once however
-    /// many host dirs link it (the stats of a block of entries spread over
-    /// the CPUs), into a compact [`Present`]: memory stays proportional to
-    /// the number of names and inodes, not to names × hosts.
-    fn survey(&self, usable: &[usize]) -> (Present, Vec<(usize, OsString)>, bool) {
-        use nix::dir::Type;
-        /// Entries looked at together: bounds the memory of their stats.
-        const BLOCK: usize = 4096;
-        let mut present = Present::default();
-        let mut ino_idx: rustc_hash::FxHashMap<u64, u32> = Default::default();
-        let mut temps = Vec::new();
-        let mut complete = true;
-        for &i in usable {
-            let h = &self.layout.hosts[i];
-            let entries = match fsops::list_dir(h.fd()) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::error!(path = %h.path.display(), error = %e, "cannot list host dir");
-                    complete = false;
-                    continue;
-                }
-            };
-            let mut todo: Vec<(usize, Option<u32>)> = Vec::with_capacity(BLOCK);
-            let mut need: Vec<usize> = Vec::with_capacity(BLOCK);
-            for start in (0..entries.len()).step_by(BLOCK) {
-                todo.clear();
-                need.clear();
-                for k in start..(start + BLOCK).min(entries.len()) {
-                    let e = entries.get(k);
-                    if names::is_own_temp(e.name) {
-                        temps.push((i, e.name.to_os_string()));
-                        continue;
-                    }
-                    if !self.filter.is_candidate(e.name)
-                        || !matches!(e.kind, None | Some(Type::File))
-                    {
-                        continue;
-                    }
-                    // An inode already stat'ed with more than one link: this
-                    // entry is another link of it (an inode with one link
-                    // seen elsewhere means this name is something else now).
-                    match ino_idx.get(&e.ino) {
-                        Some(&idx) if present.stats[idx as usize].nlink > 1 => {
-                            todo.push((k, Some(idx)));
-                        }
-                        _ => {
-                            todo.push((k, None));
-                            need.push(k);
-                        }
-                    }
-                }
-                let mut stats =
-                    par_map(&need, |&k| fsops::stat_at(h.fd(), entries.get(k).name)).into_iter();
-                for &(k, known) in &todo {
-                    let e = entries.get(k);
-                    let idx = match known {
-                        Some(idx) => idx,
-                        None => match stats.next() {
-                            Some(Ok(st)) => *ino_idx.entry(st.ino).or_insert_with(|| {
-                                present.stats.push(st);
-                                (present.stats.len() - 1) as u32
-                            }),
-                            Some(Err(Errno::ENOENT)) | None => continue,
-                            Some(Err(err)) => {
-                                tracing::warn!(path = %h.path.join(e.name).display(), error = %err, "cannot stat; skipped");
-                                complete = false;
-                                continue;
-                            }
-                        },
-                    };
-                    if ineligible(&present.stats[idx as usize]).is_none() {
-                        present.add(e.name, i, idx);
-                    }
-                }
-            }
-        }
-        (present, temps, complete)
+        (s.present, complete)
     }
 
     /// A temp link left by a crash. Dropped when another name keeps the
@@ -994,6 +918,97 @@ impl Engine {
         }
         self.store.commit()
     }
+}
+
+/// Reads the host dirs `usable` one at a time, stat'ing each inode once however
+/// many host dirs link it (the stats of a block of entries spread over
+/// the CPUs), into a compact [`Present`]: memory stays proportional to
+/// the number of names and inodes, not to names × hosts.
+pub fn survey(layout: &Layout, filter: &NameFilter, usable: &[usize]) -> Survey {
+    use nix::dir::Type;
+    /// Entries looked at together: bounds the memory of their stats.
+    const BLOCK: usize = 4096;
+    let mut out = Survey {
+        complete: true,
+        ..Survey::default()
+    };
+    let present = &mut out.present;
+    let mut ino_idx: rustc_hash::FxHashMap<u64, u32> = Default::default();
+    for &i in usable {
+        let h = &layout.hosts[i];
+        let entries = match fsops::list_dir(h.fd()) {
+            Ok(v) => v,
+            Err(e) => {
+                out.unlisted.push((i, e));
+                out.complete = false;
+                continue;
+            }
+        };
+        let mut todo: Vec<(usize, Option<u32>)> = Vec::with_capacity(BLOCK);
+        let mut need: Vec<usize> = Vec::with_capacity(BLOCK);
+        for start in (0..entries.len()).step_by(BLOCK) {
+            todo.clear();
+            need.clear();
+            for k in start..(start + BLOCK).min(entries.len()) {
+                let e = entries.get(k);
+                if names::is_own_temp(e.name) {
+                    out.temps.push((i, e.name.to_os_string()));
+                    continue;
+                }
+                if !filter.is_candidate(e.name) || !matches!(e.kind, None | Some(Type::File)) {
+                    continue;
+                }
+                // An inode already stat'ed with more than one link: this
+                // entry is another link of it (an inode with one link
+                // seen elsewhere means this name is something else now).
+                match ino_idx.get(&e.ino) {
+                    Some(&idx) if present.stats[idx as usize].nlink > 1 => {
+                        todo.push((k, Some(idx)));
+                    }
+                    _ => {
+                        todo.push((k, None));
+                        need.push(k);
+                    }
+                }
+            }
+            let mut stats =
+                par_map(&need, |&k| fsops::stat_at(h.fd(), entries.get(k).name)).into_iter();
+            for &(k, known) in &todo {
+                let e = entries.get(k);
+                let idx = match known {
+                    Some(idx) => idx,
+                    None => match stats.next() {
+                        Some(Ok(st)) => *ino_idx.entry(st.ino).or_insert_with(|| {
+                            present.stats.push(st);
+                            (present.stats.len() - 1) as u32
+                        }),
+                        Some(Err(Errno::ENOENT)) | None => continue,
+                        Some(Err(err)) => {
+                            tracing::warn!(path = %h.path.join(e.name).display(), error = %err, "cannot stat; skipped");
+                            out.complete = false;
+                            continue;
+                        }
+                    },
+                };
+                if ineligible(&present.stats[idx as usize]).is_none() {
+                    present.add(e.name, i, idx);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The result of [`survey`].
+#[derive(Debug, Default)]
+pub struct Survey {
+    pub present: Present,
+    /// distlink's own leftover temp names: (host, name).
+    pub temps: Vec<(usize, OsString)>,
+    /// Host dirs that could not be listed.
+    pub unlisted: Vec<(usize, Errno)>,
+    /// False when some host dir or entry could not be looked at.
+    pub complete: bool,
 }
 
 /// What a scan of the host dirs found: every candidate name, and which

@@ -2,11 +2,9 @@
 //! the sharing saves, and what is not as it should be. Read-only: works
 //! while the daemon runs (the record is read without taking its lock).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::os::fd::BorrowedFd;
-use std::path::Path;
 use std::time::SystemTime;
 
 use rustc_hash::FxHashMap;
@@ -78,92 +76,91 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         layout_problems.push(e.to_string());
     }
     let filter = NameFilter::new(&cfg.ignore)?;
-    let dirs: Vec<(BorrowedFd<'_>, &Path)> = layout
-        .hosts
-        .iter()
-        .map(|h| (h.fd(), h.path.as_path()))
-        .collect();
     let t0 = std::time::Instant::now();
-    // Read the record while the directories are being listed.
-    let (listings, rec) = std::thread::scope(|sc| {
+    // Read the record while the directories are being surveyed.
+    let usable: Vec<usize> = (0..layout.hosts.len()).collect();
+    let (survey, rec) = std::thread::scope(|sc| {
         let rec = sc.spawn(|| state::read_only(&cfg.state_dir));
-        let listings = engine::list_dirs(&dirs, &filter);
-        (listings, rec.join())
+        let survey = engine::survey(&layout, &filter, &usable);
+        (survey, rec.join())
     });
     let rec = match rec {
         Ok(r) => r?,
         Err(p) => std::panic::resume_unwind(p),
     };
-    tracing::debug!(elapsed = ?t0.elapsed(), "listed host dirs and read the record");
+    tracing::debug!(elapsed = ?t0.elapsed(), "surveyed host dirs and read the record");
+    for (i, e) in &survey.unlisted {
+        layout_problems.push(format!(
+            "cannot list {}: {e}",
+            layout.hosts[*i].path.display()
+        ));
+    }
     let now = SystemTime::now();
 
+    /// One inode: its size, link count, and the host dirs holding it
+    /// (how many names, and whether all in one host dir).
     struct Inode {
         size: u64,
         nlink: u64,
-        holders: Vec<usize>,
+        names: u64,
+        host: usize,
+        one_host: bool,
     }
     let mut inodes: FxHashMap<u64, Inode> = FxHashMap::default();
-    // Every name seen, with its recorded generations (looked up once).
-    let mut names: FxHashMap<&OsStr, Option<&crate::few::Few<crate::fsops::FileId>>> =
-        FxHashMap::default();
-    let mut rows: Vec<HostRow> = Vec::new();
-    let mut present_recorded: Vec<u64> = Vec::new();
-    let mut undistributed = Vec::new();
-    let mut seen_unknown: HashSet<(&OsStr, u64)> = HashSet::new();
-    let mut settling = 0;
-    for (i, l) in listings.iter().enumerate() {
-        let h = &layout.hosts[i];
-        let mut row = HostRow {
+    let mut rows: Vec<HostRow> = layout
+        .hosts
+        .iter()
+        .map(|h| HostRow {
             host: h.name.clone(),
             present: true,
             files: 0,
             bytes: 0,
             unique_bytes: 0,
             pruned: 0,
-        };
-        let mut recorded_here = 0;
-        match l {
-            Ok(l) => {
-                for (name, st) in &l.files {
-                    row.files += 1;
-                    row.bytes += st.size;
-                    let ids = *names
-                        .entry(name.as_os_str())
-                        .or_insert_with(|| rec.as_ref().and_then(|r| r.files.get(name)));
-                    if ids.is_some() {
-                        recorded_here += 1;
-                    }
-                    inodes
-                        .entry(st.ino)
-                        .or_insert(Inode {
-                            size: st.size,
-                            nlink: u64::from(st.nlink),
-                            holders: Vec::new(),
-                        })
-                        .holders
-                        .push(i);
-                    let known = ids.is_some_and(|v| v.contains(&st.id()));
-                    if !known && seen_unknown.insert((name.as_os_str(), st.ino)) {
-                        if engine::old_enough(st, now, cfg.settle) {
-                            undistributed.push(h.path.join(name).display().to_string());
-                        } else {
-                            settling += 1;
-                        }
-                    }
+        })
+        .collect();
+    let mut present_recorded: Vec<u64> = vec![0; rows.len()];
+    let mut undistributed = Vec::new();
+    let mut settling = 0;
+    let mut names = 0u64;
+    for (name, holders) in survey.present.iter() {
+        names += 1;
+        let ids = rec.as_ref().and_then(|r| r.files.get(name));
+        let mut seen_unknown: Vec<u64> = Vec::new();
+        for (i, st) in &holders {
+            let row = &mut rows[*i];
+            row.files += 1;
+            row.bytes += st.size;
+            if ids.is_some() {
+                present_recorded[*i] += 1;
+            }
+            let ino = inodes.entry(st.ino).or_insert(Inode {
+                size: st.size,
+                nlink: u64::from(st.nlink),
+                names: 0,
+                host: *i,
+                one_host: true,
+            });
+            ino.names += 1;
+            ino.one_host &= ino.host == *i;
+            let known = ids.is_some_and(|v| v.contains(&st.id()));
+            if !known && !seen_unknown.contains(&st.ino) {
+                seen_unknown.push(st.ino);
+                if engine::old_enough(st, now, cfg.settle) {
+                    let path = layout.hosts[*i].path.join(name);
+                    undistributed.push(path.display().to_string());
+                } else {
+                    settling += 1;
                 }
             }
-            Err(e) => layout_problems.push(format!("cannot list {}: {e}", h.path.display())),
         }
-        present_recorded.push(recorded_here);
-        rows.push(row);
     }
     tracing::debug!(elapsed = ?t0.elapsed(), "summed");
     let mut physical = 0;
     for ino in inodes.values() {
         physical += ino.size;
-        let first = ino.holders[0];
-        if ino.nlink == ino.holders.len() as u64 && ino.holders.iter().all(|&h| h == first) {
-            rows[first].unique_bytes += ino.size;
+        if ino.one_host && ino.nlink == ino.names {
+            rows[ino.host].unique_bytes += ino.size;
         }
     }
     let mut owed_links = Vec::new();
@@ -218,7 +215,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         daemon_pid: state::lock_holder(&cfg.state_dir),
         record: rec.as_ref().is_some_and(|r| r.initialized),
         hosts: ordered,
-        names: names.len() as u64,
+        names,
         apparent_bytes: apparent,
         physical_bytes: physical,
         saved_bytes: apparent.saturating_sub(physical),
