@@ -1,7 +1,6 @@
 //! `distlink run` and `distlink sync`: start-up, the event loop, signals,
 //! reload and readiness.
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -19,12 +18,18 @@ use crate::error::{Error, Result};
 use crate::fsops;
 use crate::layout::Layout;
 use crate::names::NameFilter;
-use crate::settle::{Key, Seen, Settler, Stamp, Verdict};
+use crate::settle::{Ready, Seen, Settler, Stamp, Verdict};
 use crate::state::Store;
 use crate::watch::{Kind, WatchEvent, Watcher};
 
 /// How long the record may trail the links it describes.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// How long one round of distributing may run before the daemon reads the
+/// inotify queue again: about 150 files at 4 hosts, 10 at 100 hosts. Its
+/// own links queue one event per link; reading between rounds keeps the
+/// kernel queue far from overflowing (an overflow costs a full rescan).
+const ROUND: Duration = Duration::from_millis(20);
 
 /// How often owed links (failed earlier, or owed to a new host) are looked
 /// at; each one that keeps failing backs off on its own (see the engine).
@@ -121,7 +126,7 @@ struct Daemon {
     engine: Engine,
     watcher: Option<Watcher>,
     settler: Settler,
-    ready: Vec<Key>,
+    ready: Ready,
     rescan: bool,
     next_retry: Instant,
     next_poll: Option<Instant>,
@@ -189,11 +194,12 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         overrides,
         engine,
         watcher,
-        ready: Vec::new(),
+        ready: Ready::default(),
         rescan: false,
         next_retry: Instant::now() + RETRY_EVERY,
         next_commit: None,
     };
+    d.engine.track_echoes(d.watcher.is_some());
     // Watches are in place before the scan, so nothing slips between them.
     d.engine.sync_hosts();
     d.full_scan(true);
@@ -247,6 +253,9 @@ impl Daemon {
         {
             tracing::error!(error = %e, "cannot re-watch host dirs");
         }
+        // Watches may have changed: the events of links made so far are
+        // looked at like any other.
+        self.engine.track_echoes(self.watcher.is_some());
     }
 
     fn event_loop(&mut self, signals: &mut Signals) -> Result<()> {
@@ -261,6 +270,9 @@ impl Daemon {
             }
             if let Some(t) = self.next_commit {
                 deadline = deadline.min(t);
+            }
+            if !self.ready.is_empty() {
+                deadline = now;
             }
             let wait_ms = deadline
                 .saturating_duration_since(now)
@@ -290,6 +302,7 @@ impl Daemon {
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "inotify read failed; falling back to rescans");
                     self.watcher = None;
+                    self.engine.track_echoes(false);
                     self.next_poll = Some(Instant::now());
                     self.cfg.watch = WatchMode::Poll(crate::config::DEFAULT_POLL);
                     Vec::new()
@@ -328,6 +341,8 @@ impl Daemon {
             WatchEvent::Overflow => {
                 tracing::warn!("inotify queue overflowed; rescanning every host dir");
                 self.rescan = true;
+                // Events were lost: a remembered link may never be echoed.
+                self.engine.track_echoes(self.watcher.is_some());
             }
             WatchEvent::HostGone(i) => self.host_changed(i),
             WatchEvent::Root(name) => {
@@ -341,11 +356,16 @@ impl Daemon {
                 }
                 let key = (host, name);
                 match kind {
-                    Kind::Removed => self.settler.forget(&key),
+                    Kind::Removed => {
+                        self.engine.take_echo(key.0, &key.1);
+                        self.settler.forget(&key);
+                    }
                     Kind::MovedIn => {
                         self.settler.forget(&key);
                         self.ready.push(key);
                     }
+                    // Our own link showing up: nothing to look at.
+                    Kind::Created if self.engine.take_echo(key.0, &key.1) => {}
                     Kind::Created | Kind::ClosedWrite => {
                         let st = match fsops::stat_at(self.engine.layout.hosts[host].fd(), &key.1) {
                             Ok(st) => st,
@@ -417,8 +437,11 @@ impl Daemon {
                 self.ready.push(key);
             }
         }
-        let ready: BTreeSet<Key> = std::mem::take(&mut self.ready).into_iter().collect();
-        for (host, name) in ready {
+        // One round of arrivals, then back to the event queue.
+        let round = Instant::now();
+        while round.elapsed() < ROUND
+            && let Some((host, name)) = self.ready.pop()
+        {
             self.arrive(host, name);
         }
         if self.rescan {

@@ -114,6 +114,9 @@ pub struct Engine {
     hosts_checked: Option<(std::time::Instant, Vec<bool>)>,
     touched: BTreeSet<usize>,
     seq: u64,
+    /// Links made whose inotify `CREATE` has not been read yet, when a
+    /// watcher is reading them (`None`: nobody is, keep nothing).
+    echoes: Option<rustc_hash::FxHashSet<(usize, OsString)>>,
 }
 
 /// Why a file is never a candidate, judged from its `statx`.
@@ -152,6 +155,26 @@ impl Engine {
             hosts_checked: None,
             touched: BTreeSet::new(),
             seq: 0,
+            echoes: None,
+        }
+    }
+
+    /// Starts (or stops) remembering the links made, so that the watcher
+    /// can tell their `CREATE` events from a new file without a `stat`.
+    /// Starting or stopping forgets what was remembered.
+    pub fn track_echoes(&mut self, on: bool) {
+        self.echoes = on.then(Default::default);
+    }
+
+    /// Whether the `CREATE` of `name` in `host` is the event of a link
+    /// this engine made (consumed: each link has one event). Any doubt, e.g.
+    /// after lost events, must be settled by forgetting them all with
+    /// [`Engine::track_echoes`]: a `CREATE` wrongly taken for an echo would
+    /// not be looked at.
+    pub fn take_echo(&mut self, host: usize, name: &OsStr) -> bool {
+        match self.echoes.as_mut() {
+            Some(e) if !e.is_empty() => e.remove(&(host, name.to_os_string())),
+            _ => false,
         }
     }
 
@@ -169,11 +192,13 @@ impl Engine {
         if !self.filter.is_candidate(name) {
             return Ok(Arrival::Skipped("ignored name"));
         }
-        let st = match fsops::stat_at(self.layout.hosts[host].fd(), name) {
-            Ok(st) => st,
+        // Pinned first, then looked at: what is checked is what gets linked.
+        let fd = match fsops::open_path_at(self.layout.hosts[host].fd(), name) {
+            Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(Arrival::Gone),
-            Err(e) => return Err(self.ferr(host, name, "stat", e)),
+            Err(e) => return Err(self.ferr(host, name, "open", e)),
         };
+        let st = fsops::stat_fd(fd.as_fd()).map_err(|e| self.ferr(host, name, "stat", e))?;
         if let Some(why) = ineligible(&st) {
             return Ok(Arrival::Skipped(why));
         }
@@ -183,7 +208,7 @@ impl Engine {
         let scope: Vec<usize> = (0..self.layout.hosts.len())
             .filter(|&h| h != host)
             .collect();
-        self.converge(name, host, st, &scope, Mode::Arrival)?;
+        self.converge_pinned(name, host, Some((fd, st)), st, &scope, Mode::Arrival)?;
         Ok(Arrival::Distributed)
     }
 
@@ -198,9 +223,30 @@ impl Engine {
         scope: &[usize],
         mode: Mode,
     ) -> std::result::Result<Vec<usize>, FileError> {
-        let ofd = fsops::open_path_at(self.layout.hosts[origin].fd(), name)
-            .map_err(|e| self.ferr(origin, name, "open", e))?;
-        let ost = fsops::stat_fd(ofd.as_fd()).map_err(|e| self.ferr(origin, name, "stat", e))?;
+        self.converge_pinned(name, origin, None, expect, scope, mode)
+    }
+
+    /// [`Engine::converge`], with the origin's file already pinned (an
+    /// `O_PATH` fd and its stat) when the caller has it.
+    fn converge_pinned(
+        &mut self,
+        name: &OsStr,
+        origin: usize,
+        pinned: Option<(OwnedFd, FileStat)>,
+        expect: FileStat,
+        scope: &[usize],
+        mode: Mode,
+    ) -> std::result::Result<Vec<usize>, FileError> {
+        let (ofd, ost) = match pinned {
+            Some(p) => p,
+            None => {
+                let fd = fsops::open_path_at(self.layout.hosts[origin].fd(), name)
+                    .map_err(|e| self.ferr(origin, name, "open", e))?;
+                let st =
+                    fsops::stat_fd(fd.as_fd()).map_err(|e| self.ferr(origin, name, "stat", e))?;
+                (fd, st)
+            }
+        };
         if ost.ino != expect.ino || ost.dev != expect.dev || ineligible(&ost).is_some() {
             return Err(self.ferr(origin, name, "changed while being looked at", Errno::ESTALE));
         }
@@ -291,6 +337,9 @@ impl Engine {
                 Ok(()) => {
                     self.touched.insert(h);
                     self.counters.linked += 1;
+                    if let Some(e) = self.echoes.as_mut() {
+                        e.insert((h, name.to_os_string()));
+                    }
                     tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name), "linked");
                 }
                 Err(e) => failures.push(Failure {
@@ -422,6 +471,8 @@ impl Engine {
 
     /// Forgets the cached host check (after a host dir was reopened).
     pub fn hosts_changed(&mut self) {
+        // Echoes are keyed on host indexes, which may have changed.
+        self.track_echoes(self.echoes.is_some());
         self.hosts_checked = None;
     }
 

@@ -10,7 +10,7 @@
 //!   stayed the same for the settle time;
 //! - removed or renamed away: forgotten.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
@@ -182,6 +182,38 @@ impl Settler {
     }
 }
 
+/// Files known complete, waiting to be distributed: first come, first
+/// served, each key once. The daemon takes them a round at a time so that
+/// it goes back to reading inotify between rounds (a burst of arrivals and
+/// the events of its own links must not overflow the kernel queue).
+#[derive(Debug, Default)]
+pub struct Ready {
+    queue: VecDeque<Key>,
+    queued: HashSet<Key>,
+}
+
+impl Ready {
+    pub fn push(&mut self, key: Key) {
+        if self.queued.insert(key.clone()) {
+            self.queue.push_back(key);
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<Key> {
+        let key = self.queue.pop_front()?;
+        self.queued.remove(&key);
+        Some(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +360,22 @@ mod tests {
             t0 + Duration::from_secs(1),
         );
         assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn ready_is_first_come_first_served_and_holds_each_file_once() {
+        let k = |h: usize, n: &str| (h, OsString::from(n));
+        let mut r = Ready::default();
+        assert!(r.is_empty());
+        for key in [k(1, "b"), k(0, "z"), k(1, "b"), k(0, "a"), k(0, "z")] {
+            r.push(key);
+        }
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.pop(), Some(k(1, "b")));
+        // Taken, then reported again: queued again, behind the others.
+        r.push(k(1, "b"));
+        let order: Vec<Key> = std::iter::from_fn(|| r.pop()).collect();
+        assert_eq!(order, vec![k(0, "z"), k(0, "a"), k(1, "b")]);
+        assert!(r.is_empty());
     }
 }
