@@ -711,7 +711,7 @@ fn dedupe(o: &Opts) -> String {
     let shared = if o.quick { 200 } else { 1000 };
     let unique = 20;
     let mut t = format!(
-        "\n## 6. Migrate/dedupe of per-host copies: 4 hosts × {shared} shared files (4 KiB–1 MiB) + {unique} unique per host\n\n"
+        "\n## 6. Migrate/dedupe of per-host copies: 4 hosts × {shared} shared files (4 KiB–4 MiB) + {unique} unique per host\n\n"
     );
     let template = o.dir.join("dedupe-template");
     let hosts: Vec<String> = (0..4).map(|i| format!("h{i}")).collect();
@@ -727,7 +727,7 @@ fn dedupe(o: &Opts) -> String {
     }
     let mut total = 0u64;
     for i in 0..shared {
-        let size = 4096usize << (rnd() % 9); // 4 KiB .. 1 MiB
+        let size = 4096usize << (rnd() % 11); // 4 KiB .. 4 MiB
         let data: Vec<u8> = (0..size).map(|_| rnd() as u8).collect();
         for h in &hosts {
             fs::write(template.join(h).join(format!("s{i:05}.tar.gz")), &data).expect("write");
