@@ -74,6 +74,7 @@ fn main() {
         o.runs
     );
     let _ = writeln!(md, "{}\n", machine(&o.dir));
+    print!("{md}");
     let sections: [(&str, Section); 5] = [
         ("latency", latency),
         ("burst", burst),
@@ -113,12 +114,26 @@ fn machine(dir: &Path) -> String {
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_default();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let fstype = Command::new("stat")
-        .args(["-f", "-c", "%T"])
+    // The filesystem type and, for ext4, whether it has a journal (without
+    // one, every fsync of a host dir writes its blocks out synchronously).
+    let mnt = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE,SOURCE", "-T"])
         .arg(dir)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    let mut parts = mnt.split_whitespace();
+    let mut fstype = parts.next().unwrap_or("unknown").to_string();
+    if fstype == "ext4"
+        && let Some(dev) = parts.next().and_then(|s| s.rsplit('/').next())
+    {
+        let journal = Path::new("/proc/fs/jbd2").join(format!("{dev}-8")).exists();
+        fstype += if journal {
+            " with a journal"
+        } else {
+            " without a journal"
+        };
+    }
     format!(
         "Machine: {} cores ({cpu}), {}, Linux {}, benchmark tree on {fstype} ({}).",
         std::thread::available_parallelism()

@@ -960,12 +960,29 @@ impl Engine {
         if self.dry_run {
             return Ok(());
         }
-        for h in std::mem::take(&mut self.touched) {
-            if let Some(dir) = self.layout.hosts.get(h)
-                && let Err(e) = fsops::fsync_fd(dir.fd())
-            {
-                tracing::warn!(path = %dir.path.display(), error = %e, "fsync of host dir failed");
+        let dirs: Vec<&crate::layout::HostDir> = std::mem::take(&mut self.touched)
+            .into_iter()
+            .filter_map(|h| self.layout.hosts.get(h))
+            .collect();
+        let fsync = |dirs: &[&crate::layout::HostDir]| {
+            for dir in dirs {
+                if let Err(e) = fsops::fsync_fd(dir.fd()) {
+                    tracing::warn!(path = %dir.path.display(), error = %e, "fsync of host dir failed");
+                }
             }
+        };
+        // The links are on disk before the record says so. Each fsync
+        // mostly waits for the disk, so many go at once.
+        const FSYNC_THREADS: usize = 16;
+        if dirs.len() <= 1 {
+            fsync(&dirs);
+        } else {
+            let per = dirs.len().div_ceil(FSYNC_THREADS);
+            std::thread::scope(|sc| {
+                for chunk in dirs.chunks(per) {
+                    sc.spawn(move || fsync(chunk));
+                }
+            });
         }
         self.store.commit()
     }
