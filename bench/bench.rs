@@ -86,6 +86,10 @@ fn main() {
         if !o.only.is_empty() && !o.only.iter().any(|x| x == name) {
             continue;
         }
+        // Dirty data left by the build or the previous row (gigabytes
+        // after the migrate row) would be written back during this one and
+        // stall its fsyncs: start each row with a clean page cache.
+        let _ = Command::new("sync").status();
         let t = s(&o);
         print!("{t}");
         md.push_str(&t);
@@ -145,8 +149,12 @@ fn machine(dir: &Path) -> String {
     )
 }
 
+/// The binary measured: the release build, or `DISTLINK_BIN` (to compare
+/// two builds with the same suite).
 fn bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/distlink")
+    std::env::var_os("DISTLINK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/distlink"))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
