@@ -65,7 +65,7 @@ pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
                 example.display()
             )));
         }
-        engine.sync_hosts();
+        engine.sync_hosts()?;
         engine.store.mark_initialized();
         engine.commit()?;
         tracing::info!(state = %engine.store.path().display(), "fresh start: new record created");
@@ -87,7 +87,7 @@ pub fn sync(cfg: &Config, adopt: bool) -> Result<SyncReport> {
     if adopt {
         return Ok(SyncReport::default());
     }
-    engine.sync_hosts();
+    engine.sync_hosts()?;
     let young = engine.reconcile(SystemTime::now(), cfg.settle, true);
     engine.commit()?;
     for y in &young {
@@ -201,7 +201,7 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     };
     d.engine.track_echoes(d.watcher.is_some());
     // Watches are in place before the scan, so nothing slips between them.
-    d.engine.sync_hosts();
+    d.engine.sync_hosts()?;
     d.full_scan(true);
     d.engine.commit()?;
     tracing::info!(
@@ -549,7 +549,9 @@ impl Daemon {
             }
         }
         self.cfg = new;
-        self.engine.sync_hosts();
+        if let Err(e) = self.engine.sync_hosts() {
+            tracing::error!(error = %e, "cannot write the record");
+        }
         self.engine.retry_now();
         self.engine.pay_owed();
         self.rescan = true;

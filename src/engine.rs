@@ -586,7 +586,14 @@ impl Engine {
     /// Links still owed to hosts (failed earlier, or seeding a new host).
     pub fn pay_owed(&mut self) {
         let now = std::time::Instant::now();
-        for (name, id, hosts) in self.store.owed() {
+        for (k, (name, id, hosts)) in self.store.owed().into_iter().enumerate() {
+            // Seeding a new host pays 100,000s: keep what is queued for the
+            // record small (a failed commit keeps its queue for the next).
+            if k % 4096 == 4095
+                && let Err(e) = self.commit()
+            {
+                tracing::error!(error = %e, "cannot write the record");
+            }
             let key = (name.clone(), id);
             if self.backoff.get(&key).is_some_and(|(at, _)| *at > now) {
                 continue;
@@ -645,7 +652,7 @@ impl Engine {
     /// Aligns the record's host list with the configured hosts: a new host
     /// is owed every distributed file; a removed one is forgotten (its dir
     /// is left untouched).
-    pub fn sync_hosts(&mut self) {
+    pub fn sync_hosts(&mut self) -> Result<()> {
         let configured: Vec<String> = self.layout.hosts.iter().map(|h| h.name.clone()).collect();
         let recorded: Vec<String> = self.store.hosts().iter().cloned().collect();
         for h in &recorded {
@@ -668,8 +675,12 @@ impl Engine {
                     self.store.owe(&n, id, h);
                 }
                 self.store.add_host(h);
+                // What the new host is owed is on disk before any of it is
+                // paid (and out of memory: 100,000s of rows).
+                self.commit()?;
             }
         }
+        Ok(())
     }
 
     /// Lists the candidates in every host dir. Host dirs that vanished are

@@ -145,7 +145,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         // A record exists: prunes it knows of must stay. Distribute only
         // what is new (the files just moved in), as `sync` does.
         report.record_existed = true;
-        engine.sync_hosts();
+        engine.sync_hosts()?;
         let y = engine.reconcile(SystemTime::now(), cfg.settle, !opts.dry_run);
         engine.commit()?;
         y

@@ -54,6 +54,65 @@ enum Op {
     Initialized,
 }
 
+/// The hosts one link is owed to. Almost always one, so a sorted `Vec`
+/// rather than a `BTreeSet` (whose first node alone takes ~280 bytes:
+/// seeding a new host owes it every file, 100,000s of them).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HostSet(Vec<String>);
+
+impl HostSet {
+    /// Adds `host`; false when it was there already.
+    pub fn insert(&mut self, host: String) -> bool {
+        match self.0.binary_search(&host) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, host);
+                true
+            }
+        }
+    }
+
+    /// Removes `host`; false when it was not there.
+    pub fn remove(&mut self, host: &str) -> bool {
+        match self.0.binary_search_by(|h| h.as_str().cmp(host)) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn contains(&self, host: &str) -> bool {
+        self.0.binary_search_by(|h| h.as_str().cmp(host)).is_ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for HostSet {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a HostSet {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// Same name, different content in two hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
@@ -71,7 +130,7 @@ pub struct Record {
     pub initialized: bool,
     /// Name → its recorded generations (almost always one).
     pub files: FxHashMap<OsString, Few<FileId>>,
-    pub owed: BTreeMap<(OsString, FileId), BTreeSet<String>>,
+    pub owed: BTreeMap<(OsString, FileId), HostSet>,
     pub hosts: BTreeSet<String>,
     pub conflicts: HashMap<OsString, Vec<Conflict>>,
 }
@@ -516,6 +575,8 @@ impl Store {
         }
         tx.commit().map_err(&e)?;
         self.ops.clear();
+        // A large batch (seeding a host) leaves no large buffer behind.
+        self.ops.shrink_to(1024);
         Ok(())
     }
 }

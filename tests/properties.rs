@@ -110,7 +110,7 @@ fn open(root: &Path, state: &Path, adopt: bool) -> Engine {
     if !e.store.is_initialized() {
         e.store.mark_initialized();
     }
-    e.sync_hosts();
+    e.sync_hosts().unwrap();
     e.reconcile(
         SystemTime::now() + Duration::from_secs(3600),
         Duration::ZERO,
