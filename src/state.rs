@@ -580,3 +580,24 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::HostSet;
+
+    #[test]
+    fn a_host_set_holds_each_host_once_in_order() {
+        let mut s = HostSet::default();
+        assert!(s.is_empty());
+        assert!(s.insert("c".into()));
+        assert!(s.insert("a".into()));
+        assert!(!s.insert("c".into()), "second insert of c");
+        assert!(s.insert("b".into()));
+        assert_eq!(s.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(s.contains("b") && !s.contains("d"));
+        assert!(s.remove("b"));
+        assert!(!s.remove("b"), "second remove of b");
+        assert_eq!(s.clone().into_iter().collect::<Vec<_>>(), ["a", "c"]);
+        assert!(s.remove("a") && s.remove("c") && s.is_empty());
+    }
+}
