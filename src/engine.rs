@@ -1174,16 +1174,45 @@ pub struct Listing {
     pub complete: bool,
 }
 
-/// Lists the candidates directly inside one directory: names that pass
-/// the filter and entries that are eligible regular files.
+/// Lists the candidates directly inside one directory (`prune`, `migrate
+/// --from`): names that pass the filter and entries that are eligible
+/// regular files, stat'ed in parallel, plus distlink's own temp names.
 pub fn list_candidates(
     dir: BorrowedFd<'_>,
     path: &Path,
     filter: &NameFilter,
 ) -> std::result::Result<Listing, Errno> {
-    list_dirs(&[(dir, path)], filter)
-        .pop()
-        .unwrap_or(Err(Errno::EIO))
+    use nix::dir::Type;
+    let entries = fsops::list_dir(dir)?;
+    let mut l = Listing {
+        complete: true,
+        ..Listing::default()
+    };
+    let mut cand = Vec::new();
+    for (k, e) in entries.iter().enumerate() {
+        if names::is_own_temp(e.name) {
+            l.temps.push(e.name.to_os_string());
+        } else if filter.is_candidate(e.name) && matches!(e.kind, None | Some(Type::File)) {
+            cand.push(k);
+        }
+    }
+    let stats = par_map(&cand, |&k| fsops::stat_at(dir, entries.get(k).name));
+    for (&k, st) in cand.iter().zip(stats) {
+        let name = entries.get(k).name;
+        match st {
+            Ok(st) => {
+                if ineligible(&st).is_none() {
+                    l.files.push((name.to_os_string(), st));
+                }
+            }
+            Err(Errno::ENOENT) => {}
+            Err(err) => {
+                tracing::warn!(path = %path.join(name).display(), error = %err, "cannot stat; skipped");
+                l.complete = false;
+            }
+        }
+    }
+    Ok(l)
 }
 
 /// Runs `f` over `items` on every CPU, keeping the order.
@@ -1225,104 +1254,6 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
     let mut chunks: Vec<(usize, Vec<R>)> = parts.into_iter().flatten().collect();
     chunks.sort_by_key(|(i, _)| *i);
     chunks.into_iter().flat_map(|(_, v)| v).collect()
-}
-
-/// Lists the candidates of many directories at once. Directories are read
-/// in parallel; then each distinct inode is `statx`ed once, however many
-/// host dirs link it (an entry whose inode changed since it was listed is
-/// looked at on its own).
-pub fn list_dirs(
-    dirs: &[(BorrowedFd<'_>, &Path)],
-    filter: &NameFilter,
-) -> Vec<std::result::Result<Listing, Errno>> {
-    use nix::dir::Type;
-    let raw = par_map(dirs, |(fd, _)| fsops::list_dir(*fd));
-    // Which entries are candidates, and one representative per inode.
-    let mut wanted: Vec<Vec<bool>> = Vec::with_capacity(raw.len());
-    let mut reps: Vec<(usize, usize)> = Vec::new();
-    let mut rep_of: rustc_hash::FxHashMap<u64, usize> = Default::default();
-    for (d, r) in raw.iter().enumerate() {
-        let Ok(entries) = r else {
-            wanted.push(Vec::new());
-            continue;
-        };
-        let mut w = Vec::with_capacity(entries.len());
-        for (k, e) in entries.iter().enumerate() {
-            let cand = !names::is_own_temp(e.name)
-                && filter.is_candidate(e.name)
-                && matches!(e.kind, None | Some(Type::File));
-            if cand {
-                rep_of.entry(e.ino).or_insert_with(|| {
-                    reps.push((d, k));
-                    reps.len() - 1
-                });
-            }
-            w.push(cand);
-        }
-        wanted.push(w);
-    }
-    let stat_of = |&(d, k): &(usize, usize)| match &raw[d] {
-        Ok(v) => fsops::stat_at(dirs[d].0, v.get(k).name),
-        Err(e) => Err(*e),
-    };
-    let rep_stats = par_map(&reps, stat_of);
-    // Entries whose inode changed since listing, or whose representative
-    // could not be used, are looked at on their own.
-    let mut own: rustc_hash::FxHashMap<(usize, usize), std::result::Result<FileStat, Errno>> =
-        Default::default();
-    for (d, w) in wanted.iter().enumerate() {
-        let Ok(entries) = &raw[d] else { continue };
-        for (k, e) in entries.iter().enumerate() {
-            if !w[k] {
-                continue;
-            }
-            let r = rep_of[&e.ino];
-            let usable = matches!(&rep_stats[r], Ok(st) if st.ino == e.ino && (reps[r] == (d, k) || st.nlink > 1));
-            if !usable {
-                own.insert((d, k), stat_of(&(d, k)));
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for (d, r) in raw.into_iter().enumerate() {
-        let entries = match r {
-            Ok(v) => v,
-            Err(e) => {
-                out.push(Err(e));
-                continue;
-            }
-        };
-        let mut l = Listing {
-            complete: true,
-            ..Listing::default()
-        };
-        for (k, e) in entries.iter().enumerate() {
-            if !wanted[d][k] {
-                if names::is_own_temp(e.name) {
-                    l.temps.push(e.name.to_os_string());
-                }
-                continue;
-            }
-            let st = match own.remove(&(d, k)) {
-                Some(st) => st,
-                None => rep_stats[rep_of[&e.ino]],
-            };
-            match st {
-                Ok(st) => {
-                    if ineligible(&st).is_none() {
-                        l.files.push((e.name.to_os_string(), st));
-                    }
-                }
-                Err(Errno::ENOENT) => {}
-                Err(err) => {
-                    tracing::warn!(path = %dirs[d].1.join(e.name).display(), error = %err, "cannot stat; skipped");
-                    l.complete = false;
-                }
-            }
-        }
-        out.push(Ok(l));
-    }
-    out
 }
 
 /// Compares the bytes of two files (directory, its path, name), proving afterwards (by
