@@ -760,7 +760,7 @@ fn dedupe(o: &Opts) -> String {
     for h in &hosts {
         for i in 0..unique {
             let data: Vec<u8> = (0..8192).map(|_| rnd() as u8).collect();
-            fs::write(template.join(h).join(format!("u{i:03}.tar.gz")), &data).expect("write");
+            fs::write(template.join(h).join(format!("u-{h}-{i:03}.tar.gz")), &data).expect("write");
         }
     }
     let old = std::time::SystemTime::now() - Duration::from_secs(3600);
