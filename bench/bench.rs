@@ -241,17 +241,27 @@ impl Drop for Daemon {
     }
 }
 
-fn cpu_secs(pid: u32) -> f64 {
+/// The numeric fields of `/proc/PID/stat` after the command name (index 0
+/// is the state, 3 the session id, 11..=14 utime, stime, cutime, cstime);
+/// empty when the process is gone.
+fn proc_stat(pid: u32) -> Vec<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = s
-        .rsplit(')')
+    s.rsplit(')')
         .next()
         .unwrap_or("")
         .split_whitespace()
-        .collect();
-    let t: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
-    t as f64 / 100.0
+        .map(|x| x.parse().unwrap_or(0))
+        .collect()
+}
+
+/// Clock ticks in fields `fields` of `/proc/PID/stat`, in seconds.
+fn ticks(f: &[u64], fields: std::ops::RangeInclusive<usize>) -> f64 {
+    fields.map(|i| f.get(i).copied().unwrap_or(0)).sum::<u64>() as f64 / 100.0
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    ticks(&proc_stat(pid), 11..=12)
 }
 
 fn ino(p: &Path) -> Option<u64> {
@@ -402,6 +412,20 @@ fn burst(o: &Opts) -> String {
     t
 }
 
+/// Portage's way, for each staged name: a partial `NAME.__download__`
+/// appears in `host` (and stays, as a failed fetch would leave it), then the
+/// complete file is renamed to `NAME`.
+fn portage_drop(root: &Path, host: &str, names: &[String]) {
+    for name in names {
+        fs::write(
+            root.join(host).join(format!("{name}.__download__")),
+            b"partial",
+        )
+        .expect("dl");
+        fs::rename(root.join(".staging").join(name), root.join(host).join(name)).expect("rename");
+    }
+}
+
 /// The classic script: one `inotifywait | xargs ln` pipeline per ordered pair.
 fn baseline(o: &Opts) -> String {
     let n = if o.quick { 50 } else { 200 };
@@ -421,18 +445,7 @@ fn baseline(o: &Opts) -> String {
         let (d, _) = Daemon::start(&root, &hs, &[]);
         let cpu0 = d.cpu();
         let t0 = Instant::now();
-        for name in &names {
-            fs::write(
-                root.join(&hs[0]).join(format!("{name}.__download__")),
-                b"partial",
-            )
-            .expect("dl");
-            fs::rename(
-                root.join(".staging").join(name),
-                root.join(&hs[0]).join(name),
-            )
-            .expect("rename");
-        }
+        portage_drop(&root, &hs[0], &names);
         while !hs[1..].iter().all(|h| count(&root.join(h)) >= n) {
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -481,18 +494,7 @@ fn baseline(o: &Opts) -> String {
         std::thread::sleep(Duration::from_millis(500)); // let every watch be set up
         let procs = 3 * kids.len();
         let t0 = Instant::now();
-        for name in &names {
-            fs::write(
-                root.join(&hs[0]).join(format!("{name}.__download__")),
-                b"partial",
-            )
-            .expect("dl");
-            fs::rename(
-                root.join(".staging").join(name),
-                root.join(&hs[0]).join(name),
-            )
-            .expect("rename");
-        }
+        portage_drop(&root, &hs[0], &names);
         let done = |root: &Path| {
             hs[1..]
                 .iter()
@@ -553,16 +555,10 @@ fn group_cpu(sid: u32) -> f64 {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let f: Vec<&str> = s
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            if f.get(3).and_then(|x| x.parse::<u32>().ok()) == Some(sid) {
-                let g = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-                total += (g(11) + g(12) + g(13) + g(14)) as f64 / 100.0;
+            let f = proc_stat(pid);
+            if f.get(3) == Some(&u64::from(sid)) {
+                // Reaped children (`ln`) count too.
+                total += ticks(&f, 11..=14);
             }
         }
     }
