@@ -255,7 +255,7 @@ impl Daemon {
         }
         // Watches may have changed: the events of links made so far are
         // looked at like any other.
-        self.engine.track_echoes(self.watcher.is_some());
+        self.engine.forget_echoes();
     }
 
     fn event_loop(&mut self, signals: &mut Signals) -> Result<()> {
@@ -342,7 +342,7 @@ impl Daemon {
                 tracing::warn!("inotify queue overflowed; rescanning every host dir");
                 self.rescan = true;
                 // Events were lost: a remembered link may never be echoed.
-                self.engine.track_echoes(self.watcher.is_some());
+                self.engine.forget_echoes();
             }
             WatchEvent::HostGone(i) => self.host_changed(i),
             WatchEvent::Root(name) => {
@@ -364,23 +364,12 @@ impl Daemon {
                         self.settler.forget(&key);
                         self.ready.push(key);
                     }
-                    // Our own link showing up: nothing to look at.
-                    Kind::Created if self.engine.take_echo(key.0, &key.1) => {}
                     Kind::Created | Kind::ClosedWrite => {
-                        let st = match fsops::stat_at(self.engine.layout.hosts[host].fd(), &key.1) {
-                            Ok(st) => st,
-                            Err(_) => {
-                                self.settler.forget(&key);
-                                return;
-                            }
-                        };
-                        if engine::ineligible(&st).is_some()
-                            || self.engine.store.is_known(&key.1, st.id())
-                        {
-                            // Not a candidate, or our own link showing up.
+                        let created = kind == Kind::Created;
+                        let Some(st) = self.engine.changed(host, &key.1, created) else {
                             self.settler.forget(&key);
                             return;
-                        }
+                        };
                         let seen = match kind {
                             Kind::Created if st.nlink > 1 => Seen::CreatedLink,
                             Kind::Created => Seen::CreatedNew,

@@ -166,10 +166,32 @@ impl Engine {
         self.echoes = on.then(Default::default);
     }
 
+    /// Forgets the links remembered so far (their events will be looked at
+    /// like any other); keeps remembering new ones if it did.
+    pub fn forget_echoes(&mut self) {
+        if let Some(e) = self.echoes.as_mut() {
+            e.clear();
+            e.shrink_to_fit();
+        }
+    }
+
+    /// `name` in `host` was created (`created`) or written and closed: its
+    /// stat when it is an eligible file of a generation not distributed
+    /// yet, to be settled; `None` when there is nothing to look at (gone,
+    /// not a regular file, known, or the echo of a link this engine made,
+    /// recognised without a stat).
+    pub fn changed(&mut self, host: usize, name: &OsStr, created: bool) -> Option<FileStat> {
+        if created && self.take_echo(host, name) {
+            return None;
+        }
+        let st = fsops::stat_at(self.layout.hosts.get(host)?.fd(), name).ok()?;
+        (ineligible(&st).is_none() && !self.store.is_known(name, st.id())).then_some(st)
+    }
+
     /// Whether the `CREATE` of `name` in `host` is the event of a link
     /// this engine made (consumed: each link has one event). Any doubt, e.g.
     /// after lost events, must be settled by forgetting them all with
-    /// [`Engine::track_echoes`]: a `CREATE` wrongly taken for an echo would
+    /// [`Engine::forget_echoes`]: a `CREATE` wrongly taken for an echo would
     /// not be looked at.
     pub fn take_echo(&mut self, host: usize, name: &OsStr) -> bool {
         match self.echoes.as_mut() {
@@ -472,7 +494,7 @@ impl Engine {
     /// Forgets the cached host check (after a host dir was reopened).
     pub fn hosts_changed(&mut self) {
         // Echoes are keyed on host indexes, which may have changed.
-        self.track_echoes(self.echoes.is_some());
+        self.forget_echoes();
         self.hosts_checked = None;
     }
 
