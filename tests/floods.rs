@@ -112,3 +112,34 @@ fn a_rename_ping_pong_does_not_wedge_the_daemon() {
     assert!(d.stop().success());
     eprintln!("{flips} renames");
 }
+
+#[test]
+fn a_burst_of_renames_is_linked_without_overflowing_the_event_queue() {
+    // 10,000 arrivals into one host of four raise 30,000 events of the
+    // daemon's own links, more than the kernel queue holds (16,384 by
+    // default): it must read the queue between rounds of linking. The
+    // daemon is stopped while the files arrive, so it finds all 10,000
+    // arrivals queued at once.
+    let n = 10_000;
+    let env = Env::new(&["a", "b", "c", "d"]);
+    let staging = env.root.join("staging");
+    fs::create_dir(&staging).unwrap();
+    for i in 0..n {
+        fs::write(staging.join(format!("f{i:05}")), format!("{i}")).unwrap();
+    }
+    let mut d = env.start();
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    for i in 0..n {
+        let name = format!("f{i:05}");
+        fs::rename(staging.join(&name), env.path("a", &name)).unwrap();
+    }
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        wait_until(Duration::from_secs(120), || ["b", "c", "d"]
+            .iter()
+            .all(|h| env.names(h).len() == n)),
+        "not all linked"
+    );
+    assert_eq!(d.count_log("overflowed"), 0, "the queue overflowed");
+    assert!(d.stop().success());
+}
