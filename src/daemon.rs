@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::fsops;
 use crate::layout::Layout;
 use crate::names::NameFilter;
-use crate::settle::{Ready, Seen, Settler, Stamp, Verdict};
+use crate::settle::{self, Ready, Seen, Settler, Stamp, Verdict};
 use crate::state::Store;
 use crate::watch::{Kind, WatchEvent, Watcher};
 
@@ -131,6 +131,9 @@ struct Daemon {
     next_retry: Instant,
     next_poll: Option<Instant>,
     next_commit: Option<Instant>,
+    /// Until "ready": the young files the start-up scan found, and when
+    /// readiness is announced even if some are still changing.
+    starting: Option<(Vec<settle::Key>, Instant)>,
 }
 
 /// Signals, turned into flags plus a wake-up byte on a socket the event
@@ -198,20 +201,27 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         rescan: false,
         next_retry: Instant::now() + RETRY_EVERY,
         next_commit: None,
+        starting: None,
     };
     d.engine.track_echoes(d.watcher.is_some());
     // Watches are in place before the scan, so nothing slips between them.
     d.engine.sync_hosts()?;
-    d.full_scan(true);
-    d.engine.commit()?;
-    tracing::info!(
-        hosts = d.engine.layout.hosts.len(),
-        root = %d.engine.layout.root.display(),
-        files = d.engine.store.file_count(),
-        mode = if d.watcher.is_some() { "inotify" } else { "poll" },
-        "ready"
-    );
-    sd_notify("READY=1");
+    let young = d.full_scan(true);
+    // "Ready" waits for the files the scan found too young to call
+    // complete (a download that finished just before the start, or links
+    // a killed run made but never recorded): once it is announced,
+    // everything that was on disk at start-up is distributed and recorded,
+    // so a prune made after it is never undone, even by a crash. A file
+    // still changing after twice the settle time does not hold it up.
+    if !young.is_empty() {
+        tracing::info!(
+            files = young.len(),
+            settle = ?d.cfg.settle,
+            "files younger than the settle time found; start-up completes once they are distributed"
+        );
+    }
+    d.starting = Some((young, Instant::now() + d.cfg.settle * 2));
+    d.announce_when_started()?;
     let res = d.event_loop(&mut signals);
     sd_notify("STOPPING=1");
     let commit = d.engine.commit();
@@ -231,21 +241,59 @@ fn give_back_memory() {
 }
 
 impl Daemon {
-    fn full_scan(&mut self, cleanup_temps: bool) {
+    /// Once every young file of the start-up scan is distributed (or gone,
+    /// or the wait is over): commits, then logs "ready" and tells the
+    /// service manager. Does nothing before, or after it was done.
+    fn announce_when_started(&mut self) -> Result<()> {
+        let Some((young, until)) = self.starting.as_mut() else {
+            return Ok(());
+        };
+        let (settler, ready) = (&self.settler, &self.ready);
+        young.retain(|k| settler.contains(k) || ready.contains(k));
+        // Complete ones are always waited for; ones still changing only
+        // until the time is up.
+        if young.iter().any(|k| ready.contains(k)) || (!young.is_empty() && Instant::now() < *until)
+        {
+            return Ok(());
+        }
+        let unsettled = young.len();
+        self.starting = None;
+        self.engine.commit()?;
+        self.next_commit = None;
+        tracing::info!(
+            hosts = self.engine.layout.hosts.len(),
+            root = %self.engine.layout.root.display(),
+            files = self.engine.store.file_count(),
+            mode = if self.watcher.is_some() { "inotify" } else { "poll" },
+            unsettled,
+            "ready"
+        );
+        sd_notify("READY=1");
+        Ok(())
+    }
+
+    /// Reconciles every host dir; the files too young to call complete are
+    /// settled (their age counts) and returned.
+    fn full_scan(&mut self, cleanup_temps: bool) -> Vec<settle::Key> {
+        let sys_now = SystemTime::now();
         let young = self
             .engine
-            .reconcile(SystemTime::now(), self.cfg.settle, cleanup_temps);
+            .reconcile(sys_now, self.cfg.settle, cleanup_temps);
         give_back_memory();
-        if self.watcher.is_some() {
-            let now = Instant::now();
-            for y in young {
-                let stamp = Stamp {
-                    size: y.stat.size,
-                    mtime_ns: y.stat.mtime_ns,
-                };
-                self.settler
-                    .note((y.host, y.name), Seen::Scanned, stamp, now);
-            }
+        let now = Instant::now();
+        let mut keys = Vec::with_capacity(young.len());
+        for y in young {
+            let stamp = Stamp {
+                size: y.stat.size,
+                mtime_ns: y.stat.mtime_ns,
+            };
+            // Unchanged since its mtime: the time already passed counts.
+            let since = now
+                .checked_sub(engine::age(&y.stat, sys_now))
+                .unwrap_or(now);
+            let key = (y.host, y.name);
+            keys.push(key.clone());
+            self.settler.note(key, Seen::Scanned, stamp, since);
         }
         // Watches may have been lost with a host dir that the scan reopened.
         if let Some(w) = self.watcher.as_mut()
@@ -256,6 +304,7 @@ impl Daemon {
         // Watches may have changed: the events of links made so far are
         // looked at like any other.
         self.engine.forget_echoes();
+        keys
     }
 
     fn event_loop(&mut self, signals: &mut Signals) -> Result<()> {
@@ -269,6 +318,9 @@ impl Daemon {
                 deadline = deadline.min(t);
             }
             if let Some(t) = self.next_commit {
+                deadline = deadline.min(t);
+            }
+            if let Some((_, t)) = self.starting {
                 deadline = deadline.min(t);
             }
             if !self.ready.is_empty() {
@@ -328,6 +380,9 @@ impl Daemon {
                     self.engine.commit()?;
                     self.next_commit = None;
                 }
+            }
+            if !stop {
+                self.announce_when_started()?;
             }
             if stop {
                 return Ok(());

@@ -117,6 +117,13 @@ pub struct Engine {
     /// Links made whose inotify `CREATE` has not been read yet, when a
     /// watcher is reading them (`None`: nobody is, keep nothing).
     echoes: Option<rustc_hash::FxHashSet<(usize, OsString)>>,
+    /// Unrecorded generations a scan found too young to distribute, with
+    /// the hosts that already held them then (by name: indices change on
+    /// reload). When the generation is distributed those hosts are not
+    /// linked again: one that dropped it since pruned it. (A run killed
+    /// before its group commit leaves exactly this: links everywhere, no
+    /// record, a file still young at the restart.)
+    held_young: rustc_hash::FxHashMap<(OsString, fsops::FileId), Vec<String>>,
 }
 
 /// Why a file is never a candidate, judged from its `statx`.
@@ -130,7 +137,8 @@ pub fn ineligible(st: &FileStat) -> Option<&'static str> {
     }
 }
 
-fn age(st: &FileStat, now: SystemTime) -> Duration {
+/// How long ago the file was last written (zero for an mtime in the future).
+pub fn age(st: &FileStat, now: SystemTime) -> Duration {
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(st.mtime_ns.max(0) as u64);
     now.duration_since(mtime).unwrap_or(Duration::ZERO)
 }
@@ -156,6 +164,7 @@ impl Engine {
             touched: BTreeSet::new(),
             seq: 0,
             echoes: None,
+            held_young: Default::default(),
         }
     }
 
@@ -227,11 +236,21 @@ impl Engine {
         if self.store.is_known(name, st.id()) {
             return Ok(Arrival::Known);
         }
-        let scope: Vec<usize> = (0..self.layout.hosts.len())
-            .filter(|&h| h != host)
-            .collect();
+        let scope = self.arrival_scope(name, host, &st);
         self.converge_pinned(name, host, Some((fd, st)), st, &scope, Mode::Arrival)?;
+        self.held_young.remove(&(name.to_os_string(), st.id()));
         Ok(Arrival::Distributed)
+    }
+
+    /// The hosts a new generation held by `origin` is linked into: every
+    /// other host, except those a scan saw holding it before (see
+    /// `held_young`).
+    fn arrival_scope(&self, name: &OsStr, origin: usize, st: &FileStat) -> Vec<usize> {
+        let held = self.held_young.get(&(name.to_os_string(), st.id()));
+        (0..self.layout.hosts.len())
+            .filter(|&h| h != origin)
+            .filter(|&h| held.is_none_or(|held| !held.contains(&self.layout.hosts[h].name)))
+            .collect()
     }
 
     /// Brings every host in `scope` in line with the file `expect` held by
@@ -800,6 +819,18 @@ impl Engine {
                     continue;
                 }
                 if !old_enough(st, now, settle) {
+                    // Every host holding it now is remembered (with those
+                    // seen by earlier scans): it is not linked there again.
+                    let held = self
+                        .held_young
+                        .entry((name.to_os_string(), st.id()))
+                        .or_default();
+                    for (hh, s) in holders {
+                        let hn = &self.layout.hosts[*hh].name;
+                        if s.ino == st.ino && !held.contains(hn) {
+                            held.push(hn.clone());
+                        }
+                    }
                     young.push(Young {
                         host: *h,
                         name: name.to_os_string(),
@@ -807,9 +838,12 @@ impl Engine {
                     });
                     continue;
                 }
-                let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
-                if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Arrival) {
-                    tracing::warn!(error = %e, "will retry");
+                let scope = self.arrival_scope(name, *h, st);
+                match self.converge(name, *h, *st, &scope, Mode::Arrival) {
+                    Ok(_) => {
+                        self.held_young.remove(&(name.to_os_string(), st.id()));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "will retry"),
                 }
                 acted = true;
             }
@@ -876,6 +910,15 @@ impl Engine {
                     self.store.set_conflicts(&n, Vec::new());
                 }
             }
+            // A young generation recorded since, or held by no host any
+            // more, is forgotten.
+            let store = &self.store;
+            self.held_young.retain(|(n, id), _| {
+                !store.is_known(n, *id)
+                    && present
+                        .get(n)
+                        .is_some_and(|v| v.iter().any(|(_, s)| s.id() == *id))
+            });
         }
         young
     }

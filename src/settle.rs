@@ -77,6 +77,11 @@ impl Settler {
         self.pending.is_empty()
     }
 
+    /// Whether `key` is still being settled.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.pending.contains_key(key)
+    }
+
     /// Notes an event. Returns `Complete` when the file is complete now.
     pub fn note(&mut self, key: Key, seen: Seen, stamp: Stamp, now: Instant) -> Verdict {
         match seen {
@@ -203,6 +208,11 @@ impl Ready {
         let key = self.queue.pop_front()?;
         self.queued.remove(&key);
         Some(key)
+    }
+
+    /// Whether `key` waits to be distributed.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.queued.contains(key)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -20,6 +20,65 @@ fn a_file_that_arrived_while_stopped_is_distributed_at_start() {
     drop(d);
 }
 
+/// What a run killed before its group commit leaves: `young.tar` linked
+/// into every host, `half.tar` into a and b only, neither recorded, both
+/// younger than the settle time when the daemon comes back.
+fn crashed_run_leftovers(env: &Env) {
+    let mut d = env.start();
+    assert!(d.stop().success());
+    env.fetch("a", "young.tar", b"linked everywhere, not recorded");
+    fs::hard_link(env.path("a", "young.tar"), env.path("b", "young.tar")).unwrap();
+    fs::hard_link(env.path("a", "young.tar"), env.path("c", "young.tar")).unwrap();
+    env.fetch("a", "half.tar", b"linked into b, not recorded");
+    fs::hard_link(env.path("a", "half.tar"), env.path("b", "half.tar")).unwrap();
+}
+
+#[test]
+fn files_linked_by_a_crashed_run_and_pruned_during_the_restart_stay_gone() {
+    let env = Env::new(&["a", "b", "c"]);
+    crashed_run_leftovers(&env);
+    // Pruned after the start-up scan saw them, before they settled (an
+    // admin does not wait for "ready").
+    let d = env.spawn(env.command("run", &[]));
+    d.wait_log("start-up completes once they are distributed", WAIT);
+    fs::remove_file(env.path("c", "young.tar")).unwrap();
+    fs::remove_file(env.path("b", "half.tar")).unwrap();
+    d.wait_log("ready", WAIT);
+    // c lacked half.tar when the daemon looked: it still gets it.
+    assert!(
+        wait_until(WAIT, || env.same_inode(&["a", "c"], "half.tar")),
+        "half.tar not linked into c; log:\n{}",
+        d.log()
+    );
+    env.stays_absent("c", "young.tar");
+    env.stays_absent("b", "half.tar");
+    assert!(env.same_inode(&["a", "b"], "young.tar"));
+}
+
+#[test]
+fn files_linked_by_a_crashed_run_are_recorded_before_ready_so_a_prune_survives_another_crash() {
+    let env = Env::new(&["a", "b", "c"]);
+    crashed_run_leftovers(&env);
+    let mut d = env.start();
+    assert!(
+        env.same_inode(&["a", "b", "c"], "half.tar"),
+        "\"ready\" came before half.tar was linked into c; log:\n{}",
+        d.log()
+    );
+    // Pruned right after "ready", then the daemon dies at once; by the
+    // restart both files are older than the settle time.
+    fs::remove_file(env.path("c", "young.tar")).unwrap();
+    fs::remove_file(env.path("b", "half.tar")).unwrap();
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(400));
+    let d = env.start();
+    env.stays_absent("c", "young.tar");
+    env.stays_absent("b", "half.tar");
+    assert!(env.same_inode(&["a", "b"], "young.tar"));
+    assert!(env.same_inode(&["a", "c"], "half.tar"));
+    drop(d);
+}
+
 #[test]
 fn kill_9_during_a_burst_then_restart_leaves_every_file_everywhere() {
     let env = Env::new(&["a", "b", "c", "d"]);
