@@ -238,7 +238,7 @@ impl Engine {
         }
         let scope = self.arrival_scope(name, host, &st);
         self.converge_pinned(name, host, Some((fd, st)), st, &scope, Mode::Arrival)?;
-        self.held_young.remove(&(name.to_os_string(), st.id()));
+        self.forget_held(name, &st);
         Ok(Arrival::Distributed)
     }
 
@@ -246,11 +246,21 @@ impl Engine {
     /// other host, except those a scan saw holding it before (see
     /// `held_young`).
     fn arrival_scope(&self, name: &OsStr, origin: usize, st: &FileStat) -> Vec<usize> {
-        let held = self.held_young.get(&(name.to_os_string(), st.id()));
+        // Usually empty: then no key is built.
+        let held = (!self.held_young.is_empty())
+            .then(|| self.held_young.get(&(name.to_os_string(), st.id())))
+            .flatten();
         (0..self.layout.hosts.len())
             .filter(|&h| h != origin)
             .filter(|&h| held.is_none_or(|held| !held.contains(&self.layout.hosts[h].name)))
             .collect()
+    }
+
+    /// A young generation was distributed (and recorded).
+    fn forget_held(&mut self, name: &OsStr, st: &FileStat) {
+        if !self.held_young.is_empty() {
+            self.held_young.remove(&(name.to_os_string(), st.id()));
+        }
     }
 
     /// Brings every host in `scope` in line with the file `expect` held by
@@ -840,9 +850,7 @@ impl Engine {
                 }
                 let scope = self.arrival_scope(name, *h, st);
                 match self.converge(name, *h, *st, &scope, Mode::Arrival) {
-                    Ok(_) => {
-                        self.held_young.remove(&(name.to_os_string(), st.id()));
-                    }
+                    Ok(_) => self.forget_held(name, st),
                     Err(e) => tracing::warn!(error = %e, "will retry"),
                 }
                 acted = true;
