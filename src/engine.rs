@@ -481,6 +481,20 @@ impl Engine {
                 .owe(name, wst.id(), &self.layout.hosts[f.host].name);
             failed.push(f.host);
         }
+        if mode == Mode::Arrival && !self.dry_run {
+            // Until the record is committed, the journal tells a restart
+            // which hosts had it: one lacking it then has pruned it.
+            let names: Vec<&str> = failed
+                .iter()
+                .map(|&h| self.layout.hosts[h].name.as_str())
+                .collect();
+            if let Err(e) = self
+                .store
+                .journal_distributed(name, wst.id(), wst.size, &names)
+            {
+                tracing::warn!(error = %e, "cannot write the links journal");
+            }
+        }
         Ok(failed)
     }
 
@@ -685,11 +699,18 @@ impl Engine {
                     .map_or(RETRY_FIRST, |(_, d)| (*d * 2).min(RETRY_MAX));
                 self.backoff.insert(key, (now + delay, delay));
             }
-            for h in hosts {
-                let idx = self.layout.index_of(&h);
+            let mut paid = Vec::new();
+            for h in &hosts {
+                let idx = self.layout.index_of(h);
                 if failed != [usize::MAX] && idx.is_none_or(|i| !failed.contains(&i)) {
-                    self.store.paid(&name, id, &h);
+                    self.store.paid(&name, id, h);
+                    paid.push(h.as_str());
                 }
+            }
+            if !self.dry_run
+                && let Err(e) = self.store.journal_paid(&name, id, &paid)
+            {
+                tracing::warn!(error = %e, "cannot write the links journal");
             }
         }
     }

@@ -127,12 +127,17 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
                 path: dir.clone(),
                 source: e,
             })?;
-            let db = cfg.state_dir.join(state::DB_NAME);
-            if db.exists() {
-                std::fs::copy(&db, dir.join(state::DB_NAME)).map_err(|e| Error::Io {
-                    path: db,
-                    source: e,
-                })?;
+            // The record with its write-ahead log (a killed process leaves
+            // recent commits there) and the links journal.
+            let wal = format!("{}-wal", state::DB_NAME);
+            for name in [state::DB_NAME, &wal, state::JOURNAL_NAME] {
+                let from = cfg.state_dir.join(name);
+                if from.exists() {
+                    std::fs::copy(&from, dir.join(name)).map_err(|e| Error::Io {
+                        path: from,
+                        source: e,
+                    })?;
+                }
             }
             dir.clone()
         }

@@ -22,6 +22,8 @@ use crate::fsops::FileId;
 
 pub const DB_NAME: &str = "state.db";
 const LOCK_NAME: &str = "lock";
+/// What was linked since the last commit (see [`Store::journal_distributed`]).
+pub const JOURNAL_NAME: &str = "links.journal";
 const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
@@ -246,6 +248,138 @@ pub struct Store {
     _lock: Flock<File>,
     rec: Record,
     ops: Vec<Op>,
+    /// Opened for appending; emptied by every commit.
+    journal: File,
+    journal_path: PathBuf,
+    /// Whether the journal holds entries the record does not have yet.
+    journal_dirty: bool,
+}
+
+/// One entry of the links journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    /// A new generation was linked into every host in scope but `failed`.
+    Distributed {
+        name: OsString,
+        id: FileId,
+        size: u64,
+        failed: Vec<String>,
+    },
+    /// Links owed to `hosts` were made.
+    Paid {
+        name: OsString,
+        id: FileId,
+        hosts: Vec<String>,
+    },
+}
+
+const KIND_DISTRIBUTED: u8 = b'D';
+const KIND_PAID: u8 = b'P';
+
+/// FNV-1a: enough to tell a torn or garbled entry from a whole one.
+fn checksum(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+impl Entry {
+    /// `len(u32) | kind | ino | birth | size | name | hosts | checksum`,
+    /// little-endian, strings as `u32` length + bytes.
+    fn encode(&self) -> Vec<u8> {
+        let (kind, name, id, size, hosts) = match self {
+            Entry::Distributed {
+                name,
+                id,
+                size,
+                failed,
+            } => (KIND_DISTRIBUTED, name, id, *size, failed),
+            Entry::Paid { name, id, hosts } => (KIND_PAID, name, id, 0, hosts),
+        };
+        let mut b = vec![0u8; 4];
+        b.push(kind);
+        b.extend_from_slice(&id.ino.to_le_bytes());
+        b.extend_from_slice(&id.birth.to_le_bytes());
+        b.extend_from_slice(&size.to_le_bytes());
+        fn put(b: &mut Vec<u8>, bytes: &[u8]) {
+            b.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            b.extend_from_slice(bytes);
+        }
+        put(&mut b, name.as_bytes());
+        b.extend_from_slice(&(hosts.len() as u32).to_le_bytes());
+        for h in hosts {
+            put(&mut b, h.as_bytes());
+        }
+        // The length counts what follows it, checksum included.
+        let len = (b.len() - 4 + 4) as u32;
+        b[..4].copy_from_slice(&len.to_le_bytes());
+        let sum = checksum(&b[4..]);
+        b.extend_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    /// The entries of a journal, and how many bytes at its end could not
+    /// be read (a torn last write, or garbage).
+    fn decode_all(mut data: &[u8]) -> (Vec<Entry>, usize) {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            match Entry::decode(data) {
+                Some((e, used)) => {
+                    out.push(e);
+                    data = &data[used..];
+                }
+                None => break,
+            }
+        }
+        (out, data.len())
+    }
+
+    fn decode(data: &[u8]) -> Option<(Entry, usize)> {
+        let len = u32::from_le_bytes(data.get(..4)?.try_into().ok()?) as usize;
+        let whole = data.get(..4 + len)?;
+        let (body, sum) = whole[4..].split_at(len.checked_sub(4)?);
+        if checksum(body) != u32::from_le_bytes(sum.try_into().ok()?) {
+            return None;
+        }
+        struct Reader<'a>(&'a [u8]);
+        impl<'a> Reader<'a> {
+            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+                let (a, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+                self.0 = rest;
+                Some(a)
+            }
+            fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+                self.take(N)?.try_into().ok()
+            }
+            fn bytes(&mut self) -> Option<Vec<u8>> {
+                let n = u32::from_le_bytes(self.array()?) as usize;
+                self.take(n).map(<[u8]>::to_vec)
+            }
+        }
+        let mut r = Reader(body);
+        let kind = r.take(1)?[0];
+        let ino = u64::from_le_bytes(r.array()?);
+        let birth = i64::from_le_bytes(r.array()?);
+        let size = u64::from_le_bytes(r.array()?);
+        let name = OsString::from_vec(r.bytes()?);
+        let count = u32::from_le_bytes(r.array()?) as usize;
+        let mut hosts = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            hosts.push(String::from_utf8(r.bytes()?).ok()?);
+        }
+        let id = FileId { ino, birth };
+        let e = match kind {
+            KIND_DISTRIBUTED => Entry::Distributed {
+                name,
+                id,
+                size,
+                failed: hosts,
+            },
+            KIND_PAID => Entry::Paid { name, id, hosts },
+            _ => return None,
+        };
+        Some((e, 4 + len))
+    }
 }
 
 fn now_secs() -> i64 {
@@ -308,12 +442,30 @@ impl Store {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err(&path))?;
+        let journal_path = state_dir.join(JOURNAL_NAME);
+        let journal = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&journal_path)
+                .map_err(|e| Error::Io {
+                    path: journal_path.clone(),
+                    source: e,
+                })?
+        };
         let mut store = Store {
             conn,
             path,
             _lock: lock,
             rec: Record::default(),
             ops: Vec::new(),
+            journal,
+            journal_path,
+            journal_dirty: false,
         };
         store.setup().map_err(|e| match e {
             Error::State { path, message } => Error::Refused(format!(
@@ -324,7 +476,101 @@ impl Store {
             )),
             e => e,
         })?;
+        store.replay_journal()?;
         Ok(store)
+    }
+
+    /// Takes into the record (in memory; written by the next commit) what
+    /// the journal says was linked by a process that stopped before its
+    /// commit: a generation linked into some hosts is recorded, with the
+    /// links that failed owed, so a host that pruned it since is not
+    /// linked again; owed links that were made are paid.
+    fn replay_journal(&mut self) -> Result<()> {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut &self.journal, &mut data).map_err(|e| Error::Io {
+            path: self.journal_path.clone(),
+            source: e,
+        })?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let (entries, unread) = Entry::decode_all(&data);
+        if unread > 0 {
+            tracing::warn!(path = %self.journal_path.display(), bytes = unread,
+                "links journal ends in an unreadable entry; it is ignored");
+        }
+        let n = entries.len();
+        for e in entries {
+            match e {
+                Entry::Distributed {
+                    name,
+                    id,
+                    size,
+                    failed,
+                } => {
+                    if !self.is_known(&name, id) {
+                        self.record(&name, id, size);
+                        for h in &failed {
+                            if self.rec.hosts.contains(h) {
+                                self.owe(&name, id, h);
+                            }
+                        }
+                    }
+                }
+                Entry::Paid { name, id, hosts } => {
+                    for h in &hosts {
+                        self.paid(&name, id, h);
+                    }
+                }
+            }
+        }
+        tracing::info!(path = %self.journal_path.display(), entries = n,
+            "links made by a process that stopped before writing the record are taken from the journal");
+        self.journal_dirty = true;
+        Ok(())
+    }
+
+    fn journal_append(&mut self, e: &Entry) -> Result<()> {
+        // One write: a process killed after it has the whole entry or none.
+        std::io::Write::write_all(&mut self.journal, &e.encode()).map_err(|err| Error::Io {
+            path: self.journal_path.clone(),
+            source: err,
+        })?;
+        self.journal_dirty = true;
+        Ok(())
+    }
+
+    /// Notes, right after the links were made and before the record is
+    /// committed, that a new generation was linked into every host but
+    /// `failed`. If the process dies before the commit, the next open
+    /// takes it from the journal: without it, a host that pruned the file
+    /// in between would be linked again. (A power loss can lose the
+    /// journal, but then the links were not durable yet either.)
+    pub fn journal_distributed(
+        &mut self,
+        name: &OsStr,
+        id: FileId,
+        size: u64,
+        failed: &[&str],
+    ) -> Result<()> {
+        self.journal_append(&Entry::Distributed {
+            name: name.to_os_string(),
+            id,
+            size,
+            failed: failed.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// Like [`Store::journal_distributed`], for owed links made to `hosts`.
+    pub fn journal_paid(&mut self, name: &OsStr, id: FileId, hosts: &[&str]) -> Result<()> {
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        self.journal_append(&Entry::Paid {
+            name: name.to_os_string(),
+            id,
+            hosts: hosts.iter().map(|s| s.to_string()).collect(),
+        })
     }
 
     fn setup(&mut self) -> Result<()> {
@@ -517,11 +763,24 @@ impl Store {
     }
 
     pub fn dirty(&self) -> bool {
-        !self.ops.is_empty()
+        !self.ops.is_empty() || self.journal_dirty
     }
 
     /// Writes every queued change in one transaction.
     pub fn commit(&mut self) -> Result<()> {
+        self.commit_ops()?;
+        if self.journal_dirty {
+            // The record now holds all the journal told.
+            self.journal.set_len(0).map_err(|e| Error::Io {
+                path: self.journal_path.clone(),
+                source: e,
+            })?;
+            self.journal_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn commit_ops(&mut self) -> Result<()> {
         if self.ops.is_empty() {
             return Ok(());
         }
@@ -583,7 +842,78 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::HostSet;
+    use super::{Entry, HostSet, JOURNAL_NAME, Store};
+    use crate::fsops::FileId;
+    use std::ffi::{OsStr, OsString};
+    use std::os::unix::ffi::OsStrExt;
+
+    fn id(ino: u64) -> FileId {
+        FileId { ino, birth: -7 }
+    }
+
+    #[test]
+    fn journal_entries_read_back_and_a_torn_tail_is_left_out() {
+        let a = Entry::Distributed {
+            name: OsStr::from_bytes(b"odd\nname\xff").to_os_string(),
+            id: id(5),
+            size: 1 << 40,
+            failed: vec!["b".into(), "host-c".into()],
+        };
+        let p = Entry::Paid {
+            name: OsString::from("foo.tar.gz"),
+            id: id(9),
+            hosts: vec!["d".into()],
+        };
+        let mut data = a.encode();
+        data.extend(p.encode());
+        assert_eq!(Entry::decode_all(&data), (vec![a.clone(), p.clone()], 0));
+        // A torn last entry, then one with a flipped byte.
+        let whole = data.len();
+        data.extend(&p.encode()[..10]);
+        assert_eq!(Entry::decode_all(&data), (vec![a.clone(), p.clone()], 10));
+        data.truncate(whole);
+        let mut bad = a.encode();
+        bad[12] ^= 1;
+        data.extend(&bad);
+        assert_eq!(Entry::decode_all(&data).0, vec![a, p]);
+    }
+
+    #[test]
+    fn a_store_reopened_after_a_crash_takes_what_the_journal_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        for h in ["a", "b", "c"] {
+            s.add_host(h);
+        }
+        s.record(OsStr::new("old"), id(1), 10);
+        s.owe(OsStr::new("old"), id(1), "c");
+        s.commit().unwrap();
+        // Linked, journaled, never committed: the process dies here.
+        s.record(OsStr::new("new"), id(2), 20);
+        s.journal_distributed(OsStr::new("new"), id(2), 20, &["b"])
+            .unwrap();
+        s.paid(OsStr::new("old"), id(1), "c");
+        s.journal_paid(OsStr::new("old"), id(1), &["c"]).unwrap();
+        drop(s);
+        let mut s = Store::open(dir.path()).unwrap();
+        assert!(s.is_known(OsStr::new("new"), id(2)));
+        let owed = s.owed();
+        assert_eq!(
+            owed,
+            vec![(OsString::from("new"), id(2), vec!["b".to_string()])]
+        );
+        assert!(s.dirty(), "what the journal told waits for a commit");
+        s.commit().unwrap();
+        let len = std::fs::metadata(dir.path().join(JOURNAL_NAME))
+            .unwrap()
+            .len();
+        assert_eq!(len, 0, "a commit empties the journal");
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.is_known(OsStr::new("new"), id(2)));
+        assert_eq!(s.owed().len(), 1);
+        assert!(!s.dirty());
+    }
 
     #[test]
     fn a_host_set_holds_each_host_once_in_order() {

@@ -149,3 +149,23 @@ fn sighup_removing_a_host_leaves_it_alone_and_keeps_the_others_linked() {
     env.all_stays_absent("a", &["from-b"]);
     assert!(env.exists("b", "from-b"));
 }
+
+#[test]
+fn a_seeded_file_pruned_before_the_record_says_it_was_paid_stays_gone_after_a_kill_9() {
+    // SIGHUP adds c, which is owed every file; the owed links are made at
+    // once, the record says they were paid up to 200 ms later. c prunes
+    // one in between, and the daemon dies before writing the record.
+    let env = Env::new(&["a", "b", "c"]);
+    let mut d = start_on_config(&env, &["a", "b"]);
+    env.fetch("a", "seeded.tar", b"owed to c");
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "seeded.tar")));
+    write_config(&env, &["a", "b", "c"], "");
+    d.signal(Signal::SIGHUP);
+    assert!(wait_until(WAIT, || env.exists("c", "seeded.tar")));
+    d.signal(Signal::SIGSTOP);
+    std::fs::remove_file(env.path("c", "seeded.tar")).unwrap();
+    d.kill9();
+    let d = start_on_config(&env, &["a", "b", "c"]);
+    env.stays_absent("c", "seeded.tar");
+    assert!(env.same_inode(&["a", "b"], "seeded.tar"), "{}", d.log());
+}
