@@ -17,6 +17,7 @@ use crate::engine::{self, Arrival, Engine, show};
 use crate::error::{Error, Result};
 use crate::fsops;
 use crate::layout::Layout;
+use crate::logbuf;
 use crate::names::NameFilter;
 use crate::settle::{self, Ready, Seen, Settler, Stamp, Verdict};
 use crate::state::Store;
@@ -308,6 +309,8 @@ impl Daemon {
     }
 
     fn event_loop(&mut self, signals: &mut Signals) -> Result<()> {
+        // Log lines go out once per iteration, before waiting.
+        let _held = logbuf::hold();
         loop {
             let now = Instant::now();
             let mut deadline = self.next_retry;
@@ -330,6 +333,7 @@ impl Daemon {
                 .saturating_duration_since(now)
                 .as_millis()
                 .min(60_000) as u16;
+            logbuf::flush();
             {
                 let mut fds = vec![PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
                 if let Some(w) = &self.watcher {

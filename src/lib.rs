@@ -7,6 +7,7 @@ pub mod error;
 pub mod few;
 pub mod fsops;
 pub mod layout;
+pub mod logbuf;
 pub mod migrate;
 pub mod names;
 pub mod prune;

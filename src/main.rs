@@ -173,7 +173,7 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("DISTLINK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| distlink::logbuf::Writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
