@@ -1093,12 +1093,45 @@ impl Engine {
     }
 }
 
+/// What a directory entry is to distlink, judged from its name and
+/// `d_type` alone (a candidate is still `statx`ed before it counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    /// A temp name distlink itself makes (left by a crash).
+    OwnTemp,
+    /// A name that passes the filter, on a regular file or an unknown type.
+    Candidate,
+    /// Anything else: never looked at again.
+    Other,
+}
+
+fn entry_kind(filter: &NameFilter, e: &fsops::DirEntry<'_>) -> EntryKind {
+    use nix::dir::Type;
+    if names::is_own_temp(e.name) {
+        EntryKind::OwnTemp
+    } else if filter.is_candidate(e.name) && matches!(e.kind, None | Some(Type::File)) {
+        EntryKind::Candidate
+    } else {
+        EntryKind::Other
+    }
+}
+
+/// A candidate's `statx` failed: gone since it was listed (skipped
+/// quietly), or unreadable (warned about). Returns whether the listing is
+/// still complete.
+fn stat_failed(dir: &Path, name: &OsStr, err: Errno) -> bool {
+    if err == Errno::ENOENT {
+        return true;
+    }
+    tracing::warn!(path = %dir.join(name).display(), error = %err, "cannot stat; skipped");
+    false
+}
+
 /// Reads the host dirs `usable` one at a time, stat'ing each inode once however
 /// many host dirs link it (the stats of a block of entries spread over
 /// the CPUs), into a compact [`Present`]: memory stays proportional to
 /// the number of names and inodes, not to names × hosts.
 pub fn survey(layout: &Layout, filter: &NameFilter, usable: &[usize]) -> Survey {
-    use nix::dir::Type;
     /// Entries looked at together: bounds the memory of their stats.
     const BLOCK: usize = 4096;
     let mut out = Survey {
@@ -1124,12 +1157,13 @@ pub fn survey(layout: &Layout, filter: &NameFilter, usable: &[usize]) -> Survey 
             need.clear();
             for k in start..(start + BLOCK).min(entries.len()) {
                 let e = entries.get(k);
-                if names::is_own_temp(e.name) {
-                    out.temps.push((i, e.name.to_os_string()));
-                    continue;
-                }
-                if !filter.is_candidate(e.name) || !matches!(e.kind, None | Some(Type::File)) {
-                    continue;
+                match entry_kind(filter, &e) {
+                    EntryKind::OwnTemp => {
+                        out.temps.push((i, e.name.to_os_string()));
+                        continue;
+                    }
+                    EntryKind::Other => continue,
+                    EntryKind::Candidate => {}
                 }
                 // An inode already stat'ed with more than one link: this
                 // entry is another link of it (an inode with one link
@@ -1155,12 +1189,11 @@ pub fn survey(layout: &Layout, filter: &NameFilter, usable: &[usize]) -> Survey 
                             present.stats.push(st);
                             (present.stats.len() - 1) as u32
                         }),
-                        Some(Err(Errno::ENOENT)) | None => continue,
                         Some(Err(err)) => {
-                            tracing::warn!(path = %h.path.join(e.name).display(), error = %err, "cannot stat; skipped");
-                            out.complete = false;
+                            out.complete &= stat_failed(&h.path, e.name, err);
                             continue;
                         }
+                        None => continue,
                     },
                 };
                 if ineligible(&present.stats[idx as usize]).is_none() {
@@ -1276,7 +1309,6 @@ pub fn list_candidates(
     path: &Path,
     filter: &NameFilter,
 ) -> std::result::Result<Listing, Errno> {
-    use nix::dir::Type;
     let entries = fsops::list_dir(dir)?;
     let mut l = Listing {
         complete: true,
@@ -1284,10 +1316,10 @@ pub fn list_candidates(
     };
     let mut cand = Vec::new();
     for (k, e) in entries.iter().enumerate() {
-        if names::is_own_temp(e.name) {
-            l.temps.push(e.name.to_os_string());
-        } else if filter.is_candidate(e.name) && matches!(e.kind, None | Some(Type::File)) {
-            cand.push(k);
+        match entry_kind(filter, &e) {
+            EntryKind::OwnTemp => l.temps.push(e.name.to_os_string()),
+            EntryKind::Candidate => cand.push(k),
+            EntryKind::Other => {}
         }
     }
     let stats = par_map(&cand, |&k| fsops::stat_at(dir, entries.get(k).name));
@@ -1299,11 +1331,7 @@ pub fn list_candidates(
                     l.files.push((name.to_os_string(), st));
                 }
             }
-            Err(Errno::ENOENT) => {}
-            Err(err) => {
-                tracing::warn!(path = %path.join(name).display(), error = %err, "cannot stat; skipped");
-                l.complete = false;
-            }
+            Err(err) => l.complete &= stat_failed(path, name, err),
         }
     }
     Ok(l)
