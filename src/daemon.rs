@@ -284,10 +284,7 @@ impl Daemon {
         let now = Instant::now();
         let mut keys = Vec::with_capacity(young.len());
         for y in young {
-            let stamp = Stamp {
-                size: y.stat.size,
-                mtime_ns: y.stat.mtime_ns,
-            };
+            let stamp = Stamp::of(&y.stat);
             // Unchanged since its mtime: the time already passed counts.
             let since = now
                 .checked_sub(engine::age(&y.stat, sys_now))
@@ -434,11 +431,7 @@ impl Daemon {
                             Kind::Created => Seen::CreatedNew,
                             _ => Seen::Closed,
                         };
-                        let stamp = Stamp {
-                            size: st.size,
-                            mtime_ns: st.mtime_ns,
-                        };
-                        self.settler.note(key, seen, stamp, now);
+                        self.settler.note(key, seen, Stamp::of(&st), now);
                     }
                 }
             }
@@ -471,16 +464,17 @@ impl Daemon {
         }
     }
 
+    /// What the file looks like now (`None`: gone or unreadable).
+    fn stamp_now(&self, (host, name): &settle::Key) -> Option<Stamp> {
+        let dir = self.engine.layout.hosts.get(*host)?.fd();
+        fsops::stat_at(dir, name).ok().map(|st| Stamp::of(&st))
+    }
+
     /// Settles due files, distributes complete ones, retries, rescans.
     fn work(&mut self) {
         let now = Instant::now();
         for key in self.settler.due(now) {
-            let stamp = fsops::stat_at(self.engine.layout.hosts[key.0].fd(), &key.1)
-                .ok()
-                .map(|st| Stamp {
-                    size: st.size,
-                    mtime_ns: st.mtime_ns,
-                });
+            let stamp = self.stamp_now(&key);
             if self.settler.confirm(&key, stamp, now) == Verdict::Complete {
                 self.ready.push(key);
             }
@@ -524,13 +518,9 @@ impl Daemon {
             Ok(Arrival::Known | Arrival::Gone) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "will look again after the settle time");
-                if let Ok(st) = fsops::stat_at(self.engine.layout.hosts[host].fd(), &name) {
-                    let stamp = Stamp {
-                        size: st.size,
-                        mtime_ns: st.mtime_ns,
-                    };
-                    self.settler
-                        .note((host, name), Seen::Scanned, stamp, Instant::now());
+                let key = (host, name);
+                if let Some(stamp) = self.stamp_now(&key) {
+                    self.settler.note(key, Seen::Scanned, stamp, Instant::now());
                 }
             }
         }

@@ -24,6 +24,15 @@ pub struct Stamp {
     pub mtime_ns: i64,
 }
 
+impl Stamp {
+    pub fn of(st: &crate::fsops::FileStat) -> Stamp {
+        Stamp {
+            size: st.size,
+            mtime_ns: st.mtime_ns,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     /// `CREATE` of a new file (one link): it is being written.
