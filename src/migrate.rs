@@ -127,18 +127,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
                 path: dir.clone(),
                 source: e,
             })?;
-            // The record with its write-ahead log (a killed process leaves
-            // recent commits there) and the links journal.
-            let wal = format!("{}-wal", state::DB_NAME);
-            for name in [state::DB_NAME, &wal, state::JOURNAL_NAME] {
-                let from = cfg.state_dir.join(name);
-                if from.exists() {
-                    std::fs::copy(&from, dir.join(name)).map_err(|e| Error::Io {
-                        path: from,
-                        source: e,
-                    })?;
-                }
-            }
+            state::copy_record(&cfg.state_dir, dir)?;
             dir.clone()
         }
         None => cfg.state_dir.clone(),

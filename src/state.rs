@@ -226,6 +226,24 @@ pub fn read_only(state_dir: &Path) -> Result<Option<Record>> {
     Record::load(&conn, &path).map(Some)
 }
 
+/// Copies the record as a process stopped now would leave it (the
+/// database, its write-ahead log where a killed process leaves its last
+/// commits, and the links journal) from `from` into the dir `to`, for a
+/// dry run to work on.
+pub fn copy_record(from: &Path, to: &Path) -> Result<()> {
+    let wal = format!("{DB_NAME}-wal");
+    for name in [DB_NAME, &wal, JOURNAL_NAME] {
+        let src = from.join(name);
+        if src.exists() {
+            std::fs::copy(&src, to.join(name)).map_err(|e| Error::Io {
+                path: src,
+                source: e,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The pid of the process holding the state lock (a running daemon, or a
 /// `sync`/`migrate` in progress), if any.
 pub fn lock_holder(state_dir: &Path) -> Option<u32> {

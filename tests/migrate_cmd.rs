@@ -278,3 +278,51 @@ fn after_migrate_a_record_exists_so_a_later_migrate_keeps_prunes() {
     assert!(env.same_inode(&["a", "b"], "foo-1.0.tar.gz"));
     assert!(!env.exists("b", "old"));
 }
+
+#[test]
+fn a_dry_run_after_a_kill_9_sees_the_links_journal_and_keeps_a_prune() {
+    // The daemon linked foo.tar into c and died before recording it; c
+    // pruned it in between. A dry run must report what a real run would
+    // do: nothing for foo.tar.
+    let env = Env::new(&["a", "b", "c"]);
+    let mut d = env.start();
+    env.move_in("a", "foo.tar", b"linked, pruned, not recorded");
+    assert!(wait_until(WAIT, || env.exists("c", "foo.tar")));
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    fs::remove_file(env.path("c", "foo.tar")).unwrap();
+    d.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let flat = env.tmp.path().join("empty-flat");
+    fs::create_dir(&flat).unwrap();
+    let before = env.snapshot();
+    let journal = env.root.join(".distlink/links.journal");
+    let journal_before = fs::read(&journal).unwrap();
+    assert!(
+        !journal_before.is_empty(),
+        "the killed daemon left no journal"
+    );
+    let (code, out, err) = Env::output(env.single(
+        "migrate",
+        &[
+            "--from",
+            flat.to_str().unwrap(),
+            "--host",
+            "a",
+            "--dry-run",
+            "--json",
+        ],
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    let r = json(&out);
+    assert_eq!(r["record_existed"], true);
+    assert_eq!(
+        r["linked"], 0,
+        "the dry run would relink the pruned file: {out}"
+    );
+    assert_eq!(env.snapshot(), before);
+    assert_eq!(
+        fs::read(&journal).unwrap(),
+        journal_before,
+        "the dry run consumed the journal"
+    );
+}
