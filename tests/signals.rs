@@ -169,3 +169,36 @@ fn a_seeded_file_pruned_before_the_record_says_it_was_paid_stays_gone_after_a_ki
     env.stays_absent("c", "seeded.tar");
     assert!(env.same_inode(&["a", "b"], "seeded.tar"), "{}", d.log());
 }
+
+#[test]
+fn a_file_still_being_written_at_start_up_does_not_hold_ready_up() {
+    // A young file found by the start-up scan is waited for before
+    // "ready", but one that keeps changing only for twice the settle time.
+    let env = Env::new(&["a", "b"]);
+    let mut d = env.start();
+    assert!(d.stop().success());
+    let path = env.path("a", "growing.iso");
+    std::fs::write(&path, b"start").unwrap();
+    let writer = std::thread::spawn(move || {
+        for _ in 0..80 {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            std::io::Write::write_all(&mut f, b"more").unwrap();
+            drop(f);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let d = env.spawn(env.command("run", &[]));
+    d.wait_log("ready", WAIT);
+    assert!(
+        !writer.is_finished(),
+        "\"ready\" waited for the writer to finish; log:\n{}",
+        d.log()
+    );
+    assert!(d.log().contains("unsettled=1"), "{}", d.log());
+    writer.join().unwrap();
+    // Once it stops changing it is distributed as usual.
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "growing.iso")));
+}
