@@ -63,6 +63,25 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
+    let sections: [(&str, Section); 5] = [
+        ("latency", latency),
+        ("burst", burst),
+        ("baseline", baseline),
+        ("reconcile", reconcile),
+        ("dedupe", dedupe),
+    ];
+    if let Some(bad) = o
+        .only
+        .iter()
+        .find(|x| !sections.iter().any(|(name, _)| name == x))
+    {
+        let known: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
+        eprintln!(
+            "bench: --only {bad:?}: no such section (sections: {})",
+            known.join(", ")
+        );
+        std::process::exit(2);
+    }
     let _ = fs::remove_dir_all(&o.dir);
     fs::create_dir_all(&o.dir).expect("bench dir");
     let mut md = String::new();
@@ -75,13 +94,6 @@ fn main() {
     );
     let _ = writeln!(md, "{}\n", machine(&o.dir));
     print!("{md}");
-    let sections: [(&str, Section); 5] = [
-        ("latency", latency),
-        ("burst", burst),
-        ("baseline", baseline),
-        ("reconcile", reconcile),
-        ("dedupe", dedupe),
-    ];
     for (name, s) in sections {
         if !o.only.is_empty() && !o.only.iter().any(|x| x == name) {
             continue;
