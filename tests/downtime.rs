@@ -84,14 +84,7 @@ fn a_file_pruned_between_its_link_and_the_record_stays_gone_after_a_kill_9() {
     // The record trails the links by up to 200 ms. c prunes foo.tar inside
     // that window, and the daemon dies before it writes the record.
     let env = Env::new(&["a", "b", "c"]);
-    let mut d = env.start();
-    env.move_in("a", "foo.tar", b"linked, pruned, never recorded");
-    assert!(wait_until(WAIT, || env.exists("c", "foo.tar")));
-    d.signal(nix::sys::signal::Signal::SIGSTOP);
-    fs::remove_file(env.path("c", "foo.tar")).unwrap();
-    d.kill9();
-    // By the restart foo.tar is older than the settle time.
-    std::thread::sleep(Duration::from_millis(400));
+    env.pruned_inside_the_commit_window("a", "foo.tar", "c");
     let d = env.start();
     env.stays_absent("c", "foo.tar");
     assert!(env.same_inode(&["a", "b"], "foo.tar"));

@@ -11,6 +11,21 @@ fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
+/// `migrate --from FLAT --host a --dry-run --json`.
+fn dry_run_into_a(env: &Env, flat: &std::path::Path) -> (Option<i32>, String, String) {
+    Env::output(env.single(
+        "migrate",
+        &[
+            "--from",
+            flat.to_str().unwrap(),
+            "--host",
+            "a",
+            "--dry-run",
+            "--json",
+        ],
+    ))
+}
+
 fn flat_distdir(env: &Env) -> std::path::PathBuf {
     let flat = env.tmp.path().join("flat");
     fs::create_dir(&flat).unwrap();
@@ -165,17 +180,7 @@ fn dry_run_changes_nothing_not_even_the_record() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    let (code, out, err) = Env::output(env.single(
-        "migrate",
-        &[
-            "--from",
-            flat.to_str().unwrap(),
-            "--host",
-            "a",
-            "--dry-run",
-            "--json",
-        ],
-    ));
+    let (code, out, err) = dry_run_into_a(&env, &flat);
     assert_eq!(code, Some(0), "{err}");
     let r = json(&out);
     assert_eq!(r["dry_run"], true);
@@ -285,13 +290,7 @@ fn a_dry_run_after_a_kill_9_sees_the_links_journal_and_keeps_a_prune() {
     // pruned it in between. A dry run must report what a real run would
     // do: nothing for foo.tar.
     let env = Env::new(&["a", "b", "c"]);
-    let mut d = env.start();
-    env.move_in("a", "foo.tar", b"linked, pruned, not recorded");
-    assert!(wait_until(WAIT, || env.exists("c", "foo.tar")));
-    d.signal(nix::sys::signal::Signal::SIGSTOP);
-    fs::remove_file(env.path("c", "foo.tar")).unwrap();
-    d.kill9();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    env.pruned_inside_the_commit_window("a", "foo.tar", "c");
     let flat = env.tmp.path().join("empty-flat");
     fs::create_dir(&flat).unwrap();
     let before = env.snapshot();
@@ -301,17 +300,7 @@ fn a_dry_run_after_a_kill_9_sees_the_links_journal_and_keeps_a_prune() {
         !journal_before.is_empty(),
         "the killed daemon left no journal"
     );
-    let (code, out, err) = Env::output(env.single(
-        "migrate",
-        &[
-            "--from",
-            flat.to_str().unwrap(),
-            "--host",
-            "a",
-            "--dry-run",
-            "--json",
-        ],
-    ));
+    let (code, out, err) = dry_run_into_a(&env, &flat);
     assert_eq!(code, Some(0), "{err}");
     let r = json(&out);
     assert_eq!(r["record_existed"], true);

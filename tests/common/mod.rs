@@ -244,6 +244,20 @@ impl Env {
         );
     }
 
+    /// Leaves what the crash window leaves: a daemon links `name` (moved
+    /// into `from`) into every host, `pruner` drops it before the daemon
+    /// writes the record, and the daemon is killed. Returns once `name` is
+    /// older than the settle time, so a restart would distribute it at once.
+    pub fn pruned_inside_the_commit_window(&self, from: &str, name: &str, pruner: &str) {
+        let mut d = self.start();
+        self.move_in(from, name, b"linked, pruned, never recorded");
+        assert!(wait_until(WAIT, || self.exists(pruner, name)));
+        d.signal(nix::sys::signal::Signal::SIGSTOP);
+        fs::remove_file(self.path(pruner, name)).expect("prune");
+        d.kill9();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+
     /// Asserts that `name` does not appear in `host` for a while.
     pub fn stays_absent(&self, host: &str, name: impl AsRef<OsStr>) {
         let name = name.as_ref();
