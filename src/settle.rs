@@ -78,14 +78,6 @@ impl Settler {
         self.settle = settle;
     }
 
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
-
     /// Whether `key` is still being settled.
     pub fn contains(&self, key: &Key) -> bool {
         self.pending.contains_key(key)
