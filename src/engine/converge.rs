@@ -1,0 +1,409 @@
+//! Converging one name: every host in scope ends up with the chosen inode
+//! (hard link into hosts lacking the name; identical copies merged by an
+//! atomic exchange; different bytes recorded as a conflict, untouched).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+
+use super::survey::{Present, par_map};
+use super::{Engine, Failure, Mode, ineligible, show};
+use crate::error::FileError;
+use crate::fsops::{self, FileStat};
+use crate::names;
+use crate::state::Conflict;
+
+impl Engine {
+    /// Brings every host in `scope` in line with the file `expect` held by
+    /// `origin`, then records it. Returns the hosts that failed (they are
+    /// owed the link and retried later).
+    pub(super) fn converge(
+        &mut self,
+        name: &OsStr,
+        origin: usize,
+        expect: FileStat,
+        scope: &[usize],
+        mode: Mode,
+    ) -> std::result::Result<Vec<usize>, FileError> {
+        self.converge_pinned(name, origin, None, expect, scope, mode)
+    }
+
+    /// [`Engine::converge`], with the origin's file already pinned (an
+    /// `O_PATH` fd and its stat) when the caller has it.
+    pub(super) fn converge_pinned(
+        &mut self,
+        name: &OsStr,
+        origin: usize,
+        pinned: Option<(OwnedFd, FileStat)>,
+        expect: FileStat,
+        scope: &[usize],
+        mode: Mode,
+    ) -> std::result::Result<Vec<usize>, FileError> {
+        let (ofd, ost) = match pinned {
+            Some(p) => p,
+            None => {
+                let fd = fsops::open_path_at(self.layout.hosts[origin].fd(), name)
+                    .map_err(|e| self.ferr(origin, name, "open", e))?;
+                let st =
+                    fsops::stat_fd(fd.as_fd()).map_err(|e| self.ferr(origin, name, "stat", e))?;
+                (fd, st)
+            }
+        };
+        if ost.ino != expect.ino || ost.dev != expect.dev || ineligible(&ost).is_some() {
+            return Err(self.ferr(origin, name, "changed while being looked at", Errno::ESTALE));
+        }
+
+        // Survey the hosts in scope.
+        let mut lacking = Vec::new();
+        let mut holders = vec![origin];
+        let mut identical: Vec<(usize, FileStat)> = Vec::new();
+        let mut different: Vec<(usize, FileStat)> = Vec::new();
+        let mut failures: Vec<Failure> = Vec::new();
+        let mut verdicts: HashMap<u64, bool> = HashMap::new();
+        for &h in scope {
+            if h == origin {
+                continue;
+            }
+            if !self.host_ok(h) {
+                // The dir was removed or swapped (maybe for a symlink):
+                // touch nothing there until it is reopened.
+                failures.push(Failure {
+                    host: h,
+                    err: FileError::new(
+                        &self.layout.hosts[h].path,
+                        &OsString::new(),
+                        "host dir replaced",
+                        Errno::ESTALE,
+                    ),
+                });
+                continue;
+            }
+            match fsops::stat_at(self.layout.hosts[h].fd(), name) {
+                Ok(s) if s.ino == ost.ino && s.dev == ost.dev => holders.push(h),
+                Ok(s) if !s.is_regular() || s.size != ost.size => different.push((h, s)),
+                Ok(s) => {
+                    let v = match verdicts.get(&s.ino) {
+                        Some(v) => Ok(*v),
+                        None => match self.cached_verdict(&ost, &s) {
+                            Some(v) => Ok(v),
+                            None => self.same_content(name, origin, &ost, h, &s),
+                        },
+                    };
+                    match v {
+                        Ok(true) => identical.push((h, s)),
+                        Ok(false) => different.push((h, s)),
+                        Err(err) => {
+                            failures.push(Failure { host: h, err });
+                            continue;
+                        }
+                    }
+                    if let Ok(v) = v {
+                        verdicts.insert(s.ino, v);
+                    }
+                }
+                Err(Errno::ENOENT) => lacking.push(h),
+                Err(e) => failures.push(Failure {
+                    host: h,
+                    err: self.ferr(h, name, "stat", e),
+                }),
+            }
+        }
+
+        // Choose the inode that survives: the one with the most links.
+        let mut winner: (usize, OwnedFd, FileStat) = (origin, ofd, ost);
+        if self.dedupe
+            && mode != Mode::Owed
+            && let Some((h, s)) = identical
+                .iter()
+                .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
+            && s.nlink > ost.nlink
+            && let Ok(fd) = fsops::open_path_at(self.layout.hosts[*h].fd(), name)
+            && fsops::stat_fd(fd.as_fd()).is_ok_and(|x| x.ino == s.ino && x.same_content_stamp(s))
+        {
+            winner = (*h, fd, *s);
+        }
+        let (_, wfd, wst) = &winner;
+        let wst = *wst;
+
+        // A host lacking a known generation pruned it: only arrivals and
+        // owed links fill gaps.
+        if matches!(mode, Mode::Tidy | Mode::Merge) {
+            lacking.clear();
+        }
+        for h in lacking {
+            if self.dry_run {
+                self.counters.linked += 1;
+                continue;
+            }
+            match fsops::link_fd_at(wfd.as_fd(), self.layout.hosts[h].fd(), name) {
+                Ok(()) => {
+                    self.touched.insert(h);
+                    self.counters.linked += 1;
+                    if let Some(e) = self.echoes.as_mut() {
+                        e.insert((h, name.to_os_string()));
+                    }
+                    tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name), "linked");
+                }
+                Err(e) => failures.push(Failure {
+                    host: h,
+                    err: self.ferr(h, name, "link", e),
+                }),
+            }
+        }
+        if self.dedupe {
+            // Every identical copy on another inode is replaced by the winner;
+            // when the winner is not the origin, the origin's holders too.
+            let mut losers: Vec<(usize, FileStat)> = identical
+                .iter()
+                .filter(|(_, s)| s.ino != wst.ino)
+                .copied()
+                .collect();
+            if wst.ino != ost.ino {
+                losers.extend(holders.iter().map(|&h| (h, ost)));
+            }
+            for (h, s) in losers {
+                if self.dry_run {
+                    self.counters.merged += 1;
+                    if s.nlink == 1 {
+                        self.counters.reclaimed += s.size;
+                    }
+                    continue;
+                }
+                match self.replace(h, name, wfd, &wst, &s) {
+                    Ok(true) => {
+                        self.counters.merged += 1;
+                        tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name),
+                            "merged identical copy into one inode");
+                    }
+                    Ok(false) => failures.push(Failure {
+                        host: h,
+                        err: self.ferr(h, name, "changed during merge", Errno::EAGAIN),
+                    }),
+                    Err(err) => failures.push(Failure { host: h, err }),
+                }
+            }
+        }
+
+        if mode != Mode::Merge {
+            // Conflicts: same name, different bytes. Both are kept untouched.
+            let mut conflicts: Vec<Conflict> = self
+                .store
+                .conflicts_of(name)
+                .iter()
+                .filter(|c| {
+                    let hs = &self.layout.hosts;
+                    !scope.iter().any(|&h| hs[h].name == c.host) && hs[origin].name != c.host
+                })
+                .cloned()
+                .collect();
+            for (h, s) in &different {
+                let c = Conflict {
+                    name: name.to_os_string(),
+                    host: self.layout.hosts[*h].name.clone(),
+                    ino: s.ino,
+                    other_host: self.layout.hosts[winner.0].name.clone(),
+                    other_ino: wst.ino,
+                };
+                let already = self
+                    .store
+                    .conflicts_of(name)
+                    .iter()
+                    .any(|o| o.host == c.host && o.ino == c.ino && o.other_ino == c.other_ino);
+                if !already {
+                    self.counters.conflicts += 1;
+                    tracing::warn!(
+                        path = %self.layout.hosts[*h].path.join(name).display(),
+                        other = %self.layout.hosts[winner.0].path.join(name).display(),
+                        kind = s.kind(),
+                        "conflict: same name, different content; both left untouched"
+                    );
+                }
+                conflicts.push(c);
+            }
+            self.store.set_conflicts(name, conflicts);
+        }
+
+        self.store.record(name, wst.id(), wst.size);
+        let mut failed = Vec::new();
+        for f in failures {
+            self.counters.failed += 1;
+            tracing::warn!(error = %f.err, "will retry");
+            self.store
+                .owe(name, wst.id(), &self.layout.hosts[f.host].name);
+            failed.push(f.host);
+        }
+        if mode == Mode::Arrival && !self.dry_run {
+            // Until the record is committed, the journal tells a restart
+            // which hosts had it: one lacking it then has pruned it.
+            let names: Vec<&str> = failed
+                .iter()
+                .map(|&h| self.layout.hosts[h].name.as_str())
+                .collect();
+            if let Err(e) = self
+                .store
+                .journal_distributed(name, wst.id(), wst.size, &names)
+            {
+                tracing::warn!(error = %e, "cannot write the links journal");
+            }
+        }
+        Ok(failed)
+    }
+
+    fn same_content(
+        &self,
+        name: &OsStr,
+        a: usize,
+        ast: &FileStat,
+        b: usize,
+        bst: &FileStat,
+    ) -> std::result::Result<bool, FileError> {
+        let ha = &self.layout.hosts[a];
+        let hb = &self.layout.hosts[b];
+        same_content(
+            (ha.fd(), &ha.path, name),
+            ast,
+            (hb.fd(), &hb.path, name),
+            bst,
+        )
+    }
+
+    /// A comparison made ahead of time, if both files are unchanged since.
+    fn cached_verdict(&mut self, a: &FileStat, b: &FileStat) -> Option<bool> {
+        let (ca, cb, v) = self.compared.remove(&(a.ino, b.ino))?;
+        (ca.same_content_stamp(a) && cb.same_content_stamp(b)).then_some(v)
+    }
+
+    /// Compares, in parallel, every pair of same-named, same-sized files on
+    /// different inodes that converging `present` will need, so that the
+    /// (serial) linking finds the answers ready.
+    pub(super) fn precompare(&mut self, present: &Present) {
+        let mut pairs: Vec<(&OsStr, usize, FileStat, usize, FileStat)> = Vec::new();
+        for (name, holders) in present.iter() {
+            let Some((oh, ost)) = holders
+                .iter()
+                .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
+            else {
+                continue;
+            };
+            let mut seen = vec![ost.ino];
+            for (h, s) in &holders {
+                if !seen.contains(&s.ino) {
+                    seen.push(s.ino);
+                    if s.size == ost.size {
+                        pairs.push((name, *oh, *ost, *h, *s));
+                    }
+                }
+            }
+        }
+        if pairs.len() < 2 {
+            return;
+        }
+        let layout = &self.layout;
+        let verdicts = par_map(&pairs, |(name, a, ast, b, bst)| {
+            let (ha, hb) = (&layout.hosts[*a], &layout.hosts[*b]);
+            same_content(
+                (ha.fd(), &ha.path, name),
+                ast,
+                (hb.fd(), &hb.path, name),
+                bst,
+            )
+        });
+        for ((_, _, ast, _, bst), v) in pairs.iter().zip(verdicts) {
+            if let Ok(v) = v {
+                self.compared.insert((ast.ino, bst.ino), (*ast, *bst, v));
+            }
+        }
+    }
+
+    fn temp_name(&mut self) -> OsString {
+        self.seq += 1;
+        let mut v = names::TEMP_PREFIX.to_vec();
+        v.extend_from_slice(format!("{}.{}", std::process::id(), self.seq).as_bytes());
+        OsString::from(std::ffi::OsStr::from_bytes(&v))
+    }
+
+    /// Replaces `host/name` (currently the identical inode `old`) by the
+    /// inode behind `wfd`, without the name ever disappearing: link the
+    /// winner under a temp name, atomically exchange the two names, check
+    /// that what was swapped out is still the unchanged `old`, and only then
+    /// drop it. Returns false (and leaves the name as it was) when the file
+    /// changed meanwhile.
+    fn replace(
+        &mut self,
+        host: usize,
+        name: &OsStr,
+        wfd: &OwnedFd,
+        wst: &FileStat,
+        old: &FileStat,
+    ) -> std::result::Result<bool, FileError> {
+        let tmp = self.temp_name();
+        let dir = self.layout.hosts[host].fd();
+        fsops::link_fd_at(wfd.as_fd(), dir, &tmp)
+            .map_err(|e| self.ferr(host, name, "link temp", e))?;
+        self.touched.insert(host);
+        let undo = |this: &Self, what| {
+            let _ = fsops::unlink_at(this.layout.hosts[host].fd(), &tmp);
+            this.ferr(host, name, what, Errno::EAGAIN)
+        };
+        match fsops::stat_at(dir, name) {
+            Ok(cur) if cur.same_content_stamp(old) => {}
+            _ => return Err(undo(self, "changed before merge")),
+        }
+        if let Err(e) = fsops::exchange_at(dir, &tmp, name) {
+            let _ = fsops::unlink_at(dir, &tmp);
+            return Err(self.ferr(host, name, "exchange", e));
+        }
+        // `tmp` now names what was at `name`.
+        match fsops::stat_at(dir, &tmp) {
+            Ok(swapped) if swapped.same_content_stamp(old) => {
+                fsops::unlink_at(dir, &tmp).map_err(|e| self.ferr(host, name, "unlink temp", e))?;
+                if swapped.nlink == 1 {
+                    self.counters.reclaimed += swapped.size;
+                }
+                Ok(true)
+            }
+            _ => {
+                // Someone replaced the file in between: swap back, and drop
+                // our extra link only if it really is ours.
+                let _ = fsops::exchange_at(dir, &tmp, name);
+                if fsops::stat_at(dir, &tmp).is_ok_and(|s| s.ino == wst.ino) {
+                    let _ = fsops::unlink_at(dir, &tmp);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Compares the bytes of two files (directory, its path, name), proving afterwards (by
+/// re-stat of the open files) that neither changed while being read.
+pub fn same_content(
+    a: (BorrowedFd<'_>, &Path, &OsStr),
+    ast: &FileStat,
+    b: (BorrowedFd<'_>, &Path, &OsStr),
+    bst: &FileStat,
+) -> std::result::Result<bool, FileError> {
+    let ea = |what, e| FileError::new(a.1, &a.2.to_os_string(), what, e);
+    let eb = |what, e| FileError::new(b.1, &b.2.to_os_string(), what, e);
+    if ast.size != bst.size {
+        return Ok(false);
+    }
+    let mut fa = fsops::open_read_at(a.0, a.2, ast).map_err(|e| ea("open for compare", e))?;
+    let mut fb = fsops::open_read_at(b.0, b.2, bst).map_err(|e| eb("open for compare", e))?;
+    let same = fsops::same_bytes(&mut fa, &mut fb).map_err(|e| {
+        eb(
+            "read for compare",
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })?;
+    let a2 = fsops::stat_fd(fa.as_fd()).map_err(|e| ea("stat", e))?;
+    let b2 = fsops::stat_fd(fb.as_fd()).map_err(|e| eb("stat", e))?;
+    if !a2.same_content_stamp(ast) || !b2.same_content_stamp(bst) {
+        return Err(eb("changed while being compared", Errno::EAGAIN));
+    }
+    Ok(same)
+}

@@ -1,0 +1,158 @@
+//! `migrate --from`: moving a flat DISTDIR into one host's dir.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+
+use super::{list_candidates, same_content};
+use crate::error::{FileError, Result};
+use crate::fsops;
+use crate::names::{self, NameFilter};
+
+/// What importing a flat DISTDIR did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Imported {
+    /// Renamed into the host dir (same filesystem).
+    pub moved: u64,
+    /// Copied, fsynced, verified, then removed from the source.
+    pub copied: u64,
+    /// Already in the host dir with identical bytes: the source name was
+    /// dropped (nothing is lost).
+    pub duplicates: u64,
+    /// Same name, different bytes: both left in place.
+    pub conflicts: Vec<String>,
+    pub bytes: u64,
+    pub errors: Vec<String>,
+}
+
+/// Moves every candidate of a flat directory into a host dir: a rename on
+/// one filesystem, else (with `copy`) a copy that is fsynced and verified
+/// before the original is removed. A file never leaves its old place
+/// before it is complete in the new one; an existing name is never
+/// replaced.
+pub fn import_flat(
+    from: &Path,
+    host: &crate::layout::HostDir,
+    filter: &NameFilter,
+    copy: bool,
+    dry_run: bool,
+    mut progress: impl FnMut(u64),
+) -> Result<Imported> {
+    use crate::error::Error;
+    let src = fsops::open_dir_path(from)
+        .map_err(|e| Error::Usage(format!("--from {}: {e}", from.display())))?;
+    let sst = fsops::stat_fd(src.as_fd()).map_err(|e| Error::sys(from, e))?;
+    if sst.dev != host.stat.dev && !copy {
+        return Err(Error::Usage(format!(
+            "--from {} is on another filesystem than {}; pass --copy to copy (fsync, verify, then remove)",
+            from.display(),
+            host.path.display()
+        )));
+    }
+    let listing = list_candidates(src.as_fd(), from, filter).map_err(|e| Error::sys(from, e))?;
+    let mut out = Imported::default();
+    let mut seq = 0u64;
+    let mut files = listing.files;
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, st) in files {
+        progress(st.size);
+        let err = |what, e| FileError::new(from, &name, what, e).to_string();
+        match fsops::stat_at(host.fd(), &name) {
+            Err(Errno::ENOENT) => {}
+            Ok(t) if t.ino == st.ino && t.dev == st.dev => {
+                // Already linked there: the source name is a spare link.
+                out.duplicates += 1;
+                if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {
+                    out.errors.push(err("unlink", e));
+                }
+                continue;
+            }
+            Ok(t) => {
+                match same_content(
+                    (src.as_fd(), from, &name),
+                    &st,
+                    (host.fd(), &host.path, &name),
+                    &t,
+                ) {
+                    Ok(true) => {
+                        out.duplicates += 1;
+                        if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {
+                            out.errors.push(err("unlink", e));
+                        }
+                    }
+                    Ok(false) => out.conflicts.push(format!(
+                        "{} differs from {}; both left in place",
+                        from.join(&name).display(),
+                        host.path.join(&name).display()
+                    )),
+                    Err(e) => out.errors.push(e.to_string()),
+                }
+                continue;
+            }
+            Err(e) => {
+                out.errors
+                    .push(FileError::new(&host.path, &name, "stat", e).to_string());
+                continue;
+            }
+        }
+        out.bytes += st.size;
+        if dry_run {
+            if sst.dev == host.stat.dev {
+                out.moved += 1;
+            } else {
+                out.copied += 1;
+            }
+            continue;
+        }
+        if sst.dev == host.stat.dev {
+            match fsops::rename_noreplace(src.as_fd(), &name, host.fd(), &name) {
+                Ok(()) => out.moved += 1,
+                Err(e) => out.errors.push(err("rename into host dir", e)),
+            }
+            continue;
+        }
+        // Copy under a temp name, verify, then give it its name.
+        seq += 1;
+        let mut tmp = names::TEMP_PREFIX.to_vec();
+        tmp.extend_from_slice(format!("{}.c{seq}", std::process::id()).as_bytes());
+        let tmp = OsStr::from_bytes(&tmp).to_os_string();
+        let res = (|| -> std::result::Result<(), String> {
+            let mut f = fsops::open_read_at(src.as_fd(), &name, &st).map_err(|e| err("open", e))?;
+            let (uid, gid) = fsops::owner_at(src.as_fd(), &name).map_err(|e| err("stat", e))?;
+            fsops::copy_new(&mut f, host.fd(), &tmp, &st, uid, gid)
+                .map_err(|e| FileError::new(&host.path, &tmp, "copy", e).to_string())?;
+            let copied = fsops::stat_at(host.fd(), &tmp).map_err(|e| err("stat copy", e))?;
+            let mut a = fsops::open_read_at(src.as_fd(), &name, &st).map_err(|e| err("open", e))?;
+            let mut b =
+                fsops::open_read_at(host.fd(), &tmp, &copied).map_err(|e| err("open copy", e))?;
+            if !fsops::same_bytes(&mut a, &mut b)
+                .map_err(|e| format!("{}: verify: {e}", from.join(&name).display()))?
+            {
+                return Err(format!(
+                    "{}: copy does not verify",
+                    from.join(&name).display()
+                ));
+            }
+            fsops::rename_noreplace(host.fd(), &tmp, host.fd(), &name)
+                .map_err(|e| err("rename copy into place", e))?;
+            fsops::fsync_fd(host.fd()).map_err(|e| err("fsync host dir", e))?;
+            fsops::unlink_at(src.as_fd(), &name).map_err(|e| err("remove original", e))?;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => out.copied += 1,
+            Err(e) => {
+                let _ = fsops::unlink_at(host.fd(), &tmp);
+                out.errors.push(e);
+            }
+        }
+    }
+    if !dry_run {
+        let _ = fsops::fsync_fd(host.fd());
+        let _ = fsops::fsync_fd(src.as_fd());
+    }
+    Ok(out)
+}
