@@ -417,11 +417,15 @@ impl Daemon {
                         self.settler.forget(&key);
                     }
                     Kind::MovedIn => {
+                        self.engine.host_holds(key.0, &key.1);
                         self.settler.forget(&key);
                         self.ready.push(key);
                     }
                     Kind::Created | Kind::ClosedWrite => {
                         let created = kind == Kind::Created;
+                        if created {
+                            self.engine.host_holds(key.0, &key.1);
+                        }
                         let Some(st) = self.engine.changed(host, &key.1, created) else {
                             self.settler.forget(&key);
                             return;

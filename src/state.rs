@@ -723,6 +723,30 @@ impl Store {
             .collect()
     }
 
+    /// The generations of `name` whose link is owed to `host`.
+    pub fn owed_to(&self, name: &OsStr, host: &str) -> Vec<FileId> {
+        let lo = (
+            name.to_os_string(),
+            FileId {
+                ino: 0,
+                birth: i64::MIN,
+            },
+        );
+        let hi = (
+            name.to_os_string(),
+            FileId {
+                ino: u64::MAX,
+                birth: i64::MAX,
+            },
+        );
+        self.rec
+            .owed
+            .range(lo..=hi)
+            .filter(|(_, hs)| hs.contains(host))
+            .map(|((_, id), _)| *id)
+            .collect()
+    }
+
     pub fn has_owed(&self) -> bool {
         !self.rec.owed.is_empty()
     }

@@ -19,8 +19,14 @@ use crate::state::Conflict;
 
 impl Engine {
     /// Brings every host in `scope` in line with the file `expect` held by
-    /// `origin`, then records it. Returns the hosts that failed (they are
-    /// owed the link and retried later).
+    /// `origin`, then records it. Returns the hosts that lack the name and
+    /// could not get it (they are owed the link and retried later).
+    ///
+    /// Only a host that lacks the name can be owed it: a host that holds
+    /// the name in any form (the same inode, an identical or a different
+    /// copy, or one that appeared while it was being linked) has never
+    /// missed it, and a merge or comparison that failed there is left to
+    /// the next scan, never turned into a link that could undo a prune.
     pub(super) fn converge(
         &mut self,
         name: &OsStr,
@@ -97,7 +103,8 @@ impl Engine {
                         Ok(true) => identical.push((h, s)),
                         Ok(false) => different.push((h, s)),
                         Err(err) => {
-                            failures.push(Failure { host: h, err });
+                            // It holds the name: nothing is owed.
+                            tracing::debug!(error = %err, "not compared; the next scan looks again");
                             continue;
                         }
                     }
@@ -130,9 +137,14 @@ impl Engine {
         let wst = *wst;
 
         // A host lacking a known generation pruned it: only arrivals and
-        // owed links fill gaps.
+        // owed links fill gaps. Owed links touch nothing else: a host owed
+        // the name that holds it in any form now is paid.
         if matches!(mode, Mode::Tidy | Mode::Merge) {
             lacking.clear();
+        }
+        if mode == Mode::Owed {
+            identical.clear();
+            different.clear();
         }
         for h in lacking {
             if self.dry_run {
@@ -147,6 +159,13 @@ impl Engine {
                         e.insert((h, name.to_os_string()));
                     }
                     tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name), "linked");
+                }
+                Err(Errno::EEXIST) => {
+                    // The host's own copy landed between the survey and the
+                    // link (two hosts fetching one name at once): it holds
+                    // the name, its own arrival merges or records it.
+                    tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name),
+                        "name appeared in the host meanwhile (EEXIST); not owed");
                 }
                 Err(e) => failures.push(Failure {
                     host: h,
@@ -179,11 +198,11 @@ impl Engine {
                         tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name),
                             "merged identical copy into one inode");
                     }
-                    Ok(false) => failures.push(Failure {
-                        host: h,
-                        err: self.ferr(h, name, "changed during merge", Errno::EAGAIN),
-                    }),
-                    Err(err) => failures.push(Failure { host: h, err }),
+                    // The host still holds the name (or pruned it meanwhile):
+                    // not owed; a later scan merges what is left.
+                    Ok(false) => tracing::debug!(host = %self.layout.hosts[h].name,
+                        name = %show(name), "changed during merge; left as it is"),
+                    Err(err) => tracing::debug!(error = %err, "merge not done; left as it is"),
                 }
             }
         }
@@ -200,6 +219,14 @@ impl Engine {
                 })
                 .cloned()
                 .collect();
+            // One warning per conflict: only an inode not yet part of a
+            // known conflict of this name (from either side) is news.
+            let mut known: Vec<u64> = self
+                .store
+                .conflicts_of(name)
+                .iter()
+                .flat_map(|c| [c.ino, c.other_ino])
+                .collect();
             for (h, s) in &different {
                 let c = Conflict {
                     name: name.to_os_string(),
@@ -208,11 +235,8 @@ impl Engine {
                     other_host: self.layout.hosts[winner.0].name.clone(),
                     other_ino: wst.ino,
                 };
-                let already = self
-                    .store
-                    .conflicts_of(name)
-                    .iter()
-                    .any(|o| o.host == c.host && o.ino == c.ino && o.other_ino == c.other_ino);
+                let already = known.contains(&c.ino) && known.contains(&c.other_ino);
+                known.extend([c.ino, c.other_ino]);
                 if !already {
                     self.counters.conflicts += 1;
                     tracing::warn!(

@@ -1,9 +1,9 @@
 //! Links owed to hosts (a link that failed, a host being seeded) and
 //! changes of the host list.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 
-use super::{Engine, Mode, RETRY_FIRST, RETRY_MAX, ineligible};
+use super::{Engine, Mode, RETRY_FIRST, RETRY_MAX, ineligible, show};
 use crate::error::Result;
 use crate::fsops;
 
@@ -72,6 +72,30 @@ impl Engine {
             {
                 tracing::warn!(error = %e, "cannot write the links journal");
             }
+        }
+    }
+
+    /// `name` was seen appearing in `host` (renamed or linked in, or
+    /// created): a host that holds a name in any form has never missed it,
+    /// so whatever link of that name it was owed is paid now. (Were it
+    /// paid later, after the host pruned its own copy, the prune would be
+    /// undone.)
+    pub fn host_holds(&mut self, host: usize, name: &OsStr) {
+        if !self.store.has_owed() {
+            return;
+        }
+        let Some(h) = self.layout.hosts.get(host).map(|h| h.name.clone()) else {
+            return;
+        };
+        for id in self.store.owed_to(name, &h) {
+            self.store.paid(name, id, &h);
+            self.backoff.remove(&(name.to_os_string(), id));
+            if !self.dry_run
+                && let Err(e) = self.store.journal_paid(name, id, &[h.as_str()])
+            {
+                tracing::warn!(error = %e, "cannot write the links journal");
+            }
+            tracing::debug!(host = %h, name = %show(name), "owed link dropped: the host holds the name");
         }
     }
 
