@@ -50,6 +50,19 @@ pub fn is_own_temp(name: &OsStr) -> bool {
     name.as_bytes().starts_with(TEMP_PREFIX)
 }
 
+/// The inode number a temp link name of the engine's own was made for
+/// (`.distlink-tmp.PID.SEQ.INO`), if `name` has that form.
+pub fn temp_link_of(name: &OsStr) -> Option<u64> {
+    let rest = name.as_bytes().strip_prefix(TEMP_PREFIX)?;
+    let mut parts = rest.split(|b| *b == b'.');
+    let (pid, seq, ino) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |p: &[u8]| !p.is_empty() && p.iter().all(u8::is_ascii_digit);
+    if parts.next().is_some() || !digits(pid) || !digits(seq) || !digits(ino) {
+        return None;
+    }
+    std::str::from_utf8(ino).ok()?.parse().ok()
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -86,6 +99,22 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(name)
             );
+        }
+    }
+
+    #[test]
+    fn temp_link_names_say_their_inode() {
+        let t = |n: &[u8]| temp_link_of(OsStr::from_bytes(n));
+        assert_eq!(t(b".distlink-tmp.12.3.4567"), Some(4567));
+        for bad in [
+            &b".distlink-tmp.12.3"[..],
+            b".distlink-tmp.12.c3",
+            b".distlink-tmp.12.3.45x",
+            b".distlink-tmp.12.3.4.5",
+            b".distlink-tmp..3.4",
+            b"distlink-tmp.1.2.3",
+        ] {
+            assert_eq!(t(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
 

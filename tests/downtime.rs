@@ -199,24 +199,30 @@ fn a_garbage_record_is_refused_rather_than_guessed_around() {
 }
 
 #[test]
-fn temp_links_left_by_a_crash_are_cleaned_up_only_when_safe() {
+fn temp_links_left_by_a_crash_are_cleaned_up_only_when_provably_spare() {
     let env = Env::new(&["a", "b"]);
     let mut d = env.start();
     env.fetch("a", "kept", b"k");
     env.wait_everywhere("kept");
     assert!(d.stop().success());
-    // A crash mid-merge can leave a temp link: one that is an extra link of
-    // a file still named elsewhere is dropped...
-    fs::hard_link(env.path("a", "kept"), env.path("b", ".distlink-tmp.999.1")).unwrap();
-    // ...so is a lone copy whose bytes another name in that dir holds (a
-    // crash right after a merge swapped it out)...
-    fs::write(env.path("b", ".distlink-tmp.999.3"), b"k").unwrap();
-    // ...but one that is the only copy of its bytes is left for the admin.
+    // A crash mid-merge can leave a temp link: an extra link of the very
+    // inode its name says is dropped...
+    let ino = env.ino("a", "kept").unwrap();
+    let spare = format!(".distlink-tmp.999.1.{ino}");
+    fs::hard_link(env.path("a", "kept"), env.path("b", &spare)).unwrap();
+    // ...but nothing else under the prefix: a lone copy (even of bytes
+    // another name holds), a link of another inode than its name says, a
+    // name of another form.
+    fs::write(env.path("b", ".distlink-tmp.999.3.1"), b"k").unwrap();
     fs::write(env.path("b", ".distlink-tmp.999.2"), b"only copy").unwrap();
+    let wrong = format!(".distlink-tmp.999.4.{}", ino + 1);
+    fs::hard_link(env.path("a", "kept"), env.path("b", &wrong)).unwrap();
     let d = env.start();
-    assert!(!env.exists("b", ".distlink-tmp.999.1"));
-    assert!(!env.exists("b", ".distlink-tmp.999.3"));
-    assert!(env.exists("b", ".distlink-tmp.999.2"));
-    assert!(d.log().contains("left for the admin"));
-    assert_eq!(env.nlink("a", "kept"), 2);
+    assert!(!env.exists("b", &spare));
+    for left in [".distlink-tmp.999.3.1", ".distlink-tmp.999.2", &wrong] {
+        assert!(env.exists("b", left), "{left} was removed");
+    }
+    assert_eq!(d.count_log("left for the admin"), 1, "{}", d.log());
+    assert!(d.log().contains("count=3"), "{}", d.log());
+    assert_eq!(env.nlink("a", "kept"), 3);
 }

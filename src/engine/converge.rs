@@ -343,10 +343,13 @@ impl Engine {
         }
     }
 
-    fn temp_name(&mut self) -> OsString {
+    /// A temp name for a link of the inode `ino`: `.distlink-tmp.PID.SEQ.INO`.
+    /// The inode number lets a start-up after a crash prove, without
+    /// reading a byte, that a leftover is a spare link of that inode.
+    fn temp_name(&mut self, ino: u64) -> OsString {
         self.seq += 1;
         let mut v = names::TEMP_PREFIX.to_vec();
-        v.extend_from_slice(format!("{}.{}", std::process::id(), self.seq).as_bytes());
+        v.extend_from_slice(format!("{}.{}.{ino}", std::process::id(), self.seq).as_bytes());
         OsString::from(std::ffi::OsStr::from_bytes(&v))
     }
 
@@ -364,7 +367,7 @@ impl Engine {
         wst: &FileStat,
         old: &FileStat,
     ) -> std::result::Result<bool, FileError> {
-        let tmp = self.temp_name();
+        let tmp = self.temp_name(wst.ino);
         let dir = self.layout.hosts[host].fd();
         fsops::link_fd_at(wfd.as_fd(), dir, &tmp)
             .map_err(|e| self.ferr(host, name, "link temp", e))?;

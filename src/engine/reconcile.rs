@@ -5,9 +5,10 @@ use std::ffi::{OsStr, OsString};
 use std::time::{Duration, SystemTime};
 
 use super::survey::{Present, survey};
-use super::{Engine, Mode, Progress, Young, ineligible, old_enough, same_content};
+use super::{Engine, Mode, Progress, Young, ineligible, old_enough};
 use crate::error::Result;
 use crate::fsops::{self, FileStat};
+use crate::names;
 
 impl Engine {
     /// Lists the candidates in every host dir. Host dirs that vanished are
@@ -38,41 +39,40 @@ impl Engine {
         }
         complete &= s.complete;
         if cleanup_temps {
-            for (i, t) in s.temps {
-                self.cleanup_temp(i, &t, &s.present);
-            }
+            self.cleanup_temps(&s.temps);
         }
         (s.present, complete)
     }
 
-    /// A temp link left by a crash. Dropped when another name keeps the
-    /// inode; otherwise left for the admin (it may be the only copy).
-    fn cleanup_temp(&self, host: usize, name: &OsStr, present: &Present) {
-        let h = &self.layout.hosts[host];
-        let dir = h.fd();
-        let path = h.path.join(name);
-        let Ok(st) = fsops::stat_at(dir, name) else {
-            return;
-        };
-        // An extra link, or a copy whose bytes another name in this host
-        // dir still holds (a crash right after a merge's exchange), goes.
-        let spare = st.is_regular()
-            && (st.nlink > 1
-                || present.iter().any(|(other, holders)| {
-                    holders.iter().any(|(hh, os)| {
-                        *hh == host
-                            && os.size == st.size
-                            && os.ino != st.ino
-                            && same_content((dir, &h.path, name), &st, (dir, &h.path, other), os)
-                                .unwrap_or(false)
-                    })
-                }));
-        if spare {
-            if fsops::unlink_at(dir, name).is_ok() {
-                tracing::info!(path = %path.display(), "removed stale temp link");
+    /// Temp names left by a crash: a spare link of the inode its name
+    /// says (`.distlink-tmp.PID.SEQ.INO`, a merge interrupted before its
+    /// exchange) is dropped: the inode keeps its other names. Anything else
+    /// under that prefix (a copy swapped out by an interrupted merge, a
+    /// `migrate --copy` leftover, a name a client planted) is left alone,
+    /// with one warning for all: no bytes are read, so start-up costs the
+    /// same whatever clients plant.
+    fn cleanup_temps(&self, temps: &[(usize, OsString)]) {
+        let mut left: Vec<std::path::PathBuf> = Vec::new();
+        for (host, name) in temps {
+            let h = &self.layout.hosts[*host];
+            let Ok(st) = fsops::stat_at(h.fd(), name) else {
+                continue;
+            };
+            let spare = st.is_regular()
+                && st.nlink > 1
+                && names::temp_link_of(name).is_some_and(|ino| ino == st.ino);
+            if spare && fsops::unlink_at(h.fd(), name).is_ok() {
+                tracing::info!(path = %h.path.join(name).display(), "removed a spare temp link left by a crash");
+            } else {
+                left.push(h.path.join(name));
             }
-        } else {
-            tracing::warn!(path = %path.display(), "stale temp name holds the only copy of its bytes; left for the admin");
+        }
+        if let Some(first) = left.first() {
+            tracing::warn!(
+                count = left.len(),
+                first = %first.display(),
+                "names under distlink's temp prefix that are not provably its own spare links; left for the admin"
+            );
         }
     }
 
