@@ -102,6 +102,36 @@ pub fn sync(cfg: &Config, adopt: bool) -> Result<SyncReport> {
     })
 }
 
+/// `distlink forget HOST`: drops a host that left the configuration from
+/// the record (with the daemon stopped: it takes the state lock).
+pub fn forget_host(cfg: &Config, host: &str) -> Result<()> {
+    if cfg.hosts.iter().any(|h| h == host) {
+        return Err(Error::Usage(format!(
+            "host {host:?} is configured; remove it from `hosts` first (a configured host cannot be forgotten)"
+        )));
+    }
+    let mut store = Store::open(&cfg.state_dir)?;
+    if !store.hosts().contains(host) {
+        let known: Vec<&str> = store.absent().keys().map(String::as_str).collect();
+        return Err(Error::Usage(format!(
+            "the record in {} does not know host {host:?}; hosts it remembers outside the configuration: {}",
+            store.path().display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    store.remove_host(host);
+    store.commit()?;
+    tracing::info!(
+        host,
+        "forgotten: if it is configured again, it is seeded with every distributed file"
+    );
+    Ok(())
+}
+
 /// Tells systemd (Type=notify) a state change, when `$NOTIFY_SOCKET` is set.
 fn sd_notify(state: &str) {
     use std::os::linux::net::SocketAddrExt;

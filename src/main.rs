@@ -91,6 +91,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Forget a host that left the configuration: if it is configured
+    /// again, it is seeded with every file like a new host. (Until then the
+    /// record remembers it, so that a host dropped from the configuration by
+    /// mistake keeps its prunes when it comes back.)
+    Forget {
+        #[command(flatten)]
+        common: Common,
+        /// The host to forget (must not be configured).
+        #[arg(value_name = "HOST")]
+        host: String,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -240,6 +251,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
         Cmd::Run(common) => {
             let (cfg, ov) = load(&common.src, &common.hosts)?;
             match daemon::run(cfg, ov) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::Forget { common, host } => {
+            let (cfg, _) = load(&common.src, &common.hosts)?;
+            match daemon::forget_host(&cfg, &host) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }

@@ -24,14 +24,18 @@ pub const DB_NAME: &str = "state.db";
 const LOCK_NAME: &str = "lock";
 /// What was linked since the last commit (see [`Store::journal_distributed`]).
 pub const JOURNAL_NAME: &str = "links.journal";
-const SCHEMA_VERSION: i64 = 1;
+/// 2: files carry the commit sequence that recorded them (`seq`) and their
+/// mtime then; hosts that left the configuration are remembered as absent.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, added_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, added_at INTEGER NOT NULL,
+    absent_since INTEGER);
 CREATE TABLE IF NOT EXISTS files (
     name BLOB NOT NULL, ino INTEGER NOT NULL, birth INTEGER NOT NULL,
     size INTEGER NOT NULL, recorded_at INTEGER NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0, mtime INTEGER,
     PRIMARY KEY (name, ino, birth)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS owed (
     name BLOB NOT NULL, ino INTEGER NOT NULL, birth INTEGER NOT NULL, host TEXT NOT NULL,
@@ -51,6 +55,8 @@ enum Op {
     Paid(OsString, FileId, String),
     AddHost(String),
     RemoveHost(String),
+    /// Left the configuration as of commit `seq` (remembered, not forgotten).
+    Absent(String, i64),
     Conflict(Conflict),
     ClearConflicts(OsString),
     Initialized,
@@ -133,7 +139,13 @@ pub struct Record {
     /// Name → its recorded generations (almost always one).
     pub files: FxHashMap<OsString, Few<FileId>>,
     pub owed: BTreeMap<(OsString, FileId), HostSet>,
+    /// Every host the record knows, configured or absent.
     pub hosts: BTreeSet<String>,
+    /// Hosts that left the configuration, with the commit sequence number
+    /// they left at: one that comes back is owed what was recorded since.
+    pub absent: BTreeMap<String, i64>,
+    /// The sequence number of the last commit.
+    pub seq: i64,
     pub conflicts: HashMap<OsString, Vec<Conflict>>,
 }
 
@@ -173,9 +185,21 @@ impl Record {
         })? {
             rec.owed.entry((n, fid)).or_default().insert(host);
         }
-        rec.hosts = rows(conn, p, "SELECT name FROM hosts", |r| r.get::<_, String>(0))?
-            .into_iter()
-            .collect();
+        for (h, absent) in rows(conn, p, "SELECT name, absent_since FROM hosts", |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+        })? {
+            if let Some(seq) = absent {
+                rec.absent.insert(h.clone(), seq);
+            }
+            rec.hosts.insert(h);
+        }
+        rec.seq = conn
+            .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let sql = "SELECT name, host, ino, other_host, other_ino FROM conflicts";
         for c in rows(conn, p, sql, |r| {
             Ok(Conflict {
@@ -622,6 +646,21 @@ impl Store {
                     .map_err(&e)?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) if v == "1" => {
+                // Version 1 lacks the columns added since; rows recorded
+                // before count as sequence 0, mtime unknown.
+                self.conn
+                    .execute_batch(
+                        "BEGIN;
+                         ALTER TABLE files ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+                         ALTER TABLE files ADD COLUMN mtime INTEGER;
+                         ALTER TABLE hosts ADD COLUMN absent_since INTEGER;
+                         UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                         COMMIT;",
+                    )
+                    .map_err(&e)?;
+                tracing::info!(path = %p.display(), "record upgraded to schema version 2");
+            }
             Some(v) => {
                 return Err(Error::State {
                     path: p.clone(),
@@ -755,14 +794,60 @@ impl Store {
         &self.rec.hosts
     }
 
+    /// Adds a host, or takes back one that was absent.
     pub fn add_host(&mut self, host: &str) {
-        if self.rec.hosts.insert(host.to_string()) {
+        let back = self.rec.absent.remove(host).is_some();
+        if self.rec.hosts.insert(host.to_string()) || back {
             self.ops.push(Op::AddHost(host.to_string()));
         }
     }
 
-    /// Drops a host from the record (its owed links and conflicts go too).
+    /// Hosts that left the configuration, and the commit they left at.
+    pub fn absent(&self) -> &BTreeMap<String, i64> {
+        &self.rec.absent
+    }
+
+    /// The host left the configuration: it is remembered (its prunes stay
+    /// prunes if it comes back), its conflicts are dropped, links owed to it
+    /// wait for its return. Pending changes must be committed first, so
+    /// that what it got is told apart from what it missed.
+    pub fn mark_absent(&mut self, host: &str) {
+        if self.rec.hosts.contains(host) && !self.rec.absent.contains_key(host) {
+            self.rec.absent.insert(host.to_string(), self.rec.seq);
+            self.ops.push(Op::Absent(host.to_string(), self.rec.seq));
+        }
+        for v in self.rec.conflicts.values_mut() {
+            v.retain(|c| c.host != host && c.other_host != host);
+        }
+    }
+
+    /// Every (name, generation) recorded by a commit after `seq` (what a
+    /// host absent since then missed). Reads the database: commit first.
+    pub fn recorded_after(&self, seq: i64) -> Result<Vec<(OsString, FileId)>> {
+        let p = self.path.clone();
+        let e = db_err(&p);
+        let mut st = self
+            .conn
+            .prepare("SELECT name, ino, birth FROM files WHERE seq > ?1")
+            .map_err(&e)?;
+        let it = st
+            .query_map(params![seq], |r| {
+                Ok((
+                    OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
+                    FileId {
+                        ino: r.get::<_, i64>(1)? as u64,
+                        birth: r.get(2)?,
+                    },
+                ))
+            })
+            .map_err(&e)?;
+        it.collect::<rusqlite::Result<Vec<_>>>().map_err(&e)
+    }
+
+    /// Forgets a host entirely (its owed links and conflicts go too): if
+    /// it is configured again, it is seeded like a new host.
     pub fn remove_host(&mut self, host: &str) {
+        self.rec.absent.remove(host);
         if self.rec.hosts.remove(host) {
             self.ops.push(Op::RemoveHost(host.to_string()));
         }
@@ -829,12 +914,13 @@ impl Store {
         let p = self.path.clone();
         let e = db_err(&p);
         let now = now_secs();
+        let seq = self.rec.seq + 1;
         let tx = self.conn.transaction().map_err(&e)?;
         for op in &self.ops {
             match op {
                 Op::Record(n, id, size) => tx.execute(
-                    "INSERT OR IGNORE INTO files (name, ino, birth, size, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![n.as_bytes(), id.ino as i64, id.birth, *size as i64, now],
+                    "INSERT OR IGNORE INTO files (name, ino, birth, size, recorded_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![n.as_bytes(), id.ino as i64, id.birth, *size as i64, now, seq],
                 ),
                 Op::Forget(n, id) => tx.execute(
                     "DELETE FROM files WHERE name = ?1 AND ino = ?2 AND birth = ?3",
@@ -848,10 +934,28 @@ impl Store {
                     "DELETE FROM owed WHERE name = ?1 AND ino = ?2 AND birth = ?3 AND host = ?4",
                     params![n.as_bytes(), id.ino as i64, id.birth, h],
                 ),
-                Op::AddHost(h) => tx.execute(
-                    "INSERT OR IGNORE INTO hosts (name, added_at) VALUES (?1, ?2)",
-                    params![h, now],
-                ),
+                Op::AddHost(h) => tx
+                    .execute(
+                        "INSERT OR IGNORE INTO hosts (name, added_at) VALUES (?1, ?2)",
+                        params![h, now],
+                    )
+                    .and_then(|_| {
+                        tx.execute(
+                            "UPDATE hosts SET absent_since = NULL WHERE name = ?1",
+                            params![h],
+                        )
+                    }),
+                Op::Absent(h, since) => tx
+                    .execute(
+                        "UPDATE hosts SET absent_since = ?2 WHERE name = ?1",
+                        params![h, since],
+                    )
+                    .and_then(|_| {
+                        tx.execute(
+                            "DELETE FROM conflicts WHERE host = ?1 OR other_host = ?1",
+                            params![h],
+                        )
+                    }),
                 Op::RemoveHost(h) => tx
                     .execute("DELETE FROM hosts WHERE name = ?1", params![h])
                     .and_then(|_| tx.execute("DELETE FROM owed WHERE host = ?1", params![h]))
@@ -874,7 +978,13 @@ impl Store {
             }
             .map_err(&e)?;
         }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq', ?1)",
+            params![seq.to_string()],
+        )
+        .map_err(&e)?;
         tx.commit().map_err(&e)?;
+        self.rec.seq = seq;
         self.ops.clear();
         // A large batch (seeding a host) leaves no large buffer behind.
         self.ops.shrink_to(1024);
@@ -955,6 +1065,45 @@ mod tests {
         assert!(s.is_known(OsStr::new("new"), id(2)));
         assert_eq!(s.owed().len(), 1);
         assert!(!s.dirty());
+    }
+
+    #[test]
+    fn a_version_1_record_is_upgraded_and_its_rows_count_as_recorded_before_any_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = rusqlite::Connection::open(dir.path().join(super::DB_NAME)).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE hosts (name TEXT PRIMARY KEY, added_at INTEGER NOT NULL);
+                 CREATE TABLE files (name BLOB NOT NULL, ino INTEGER NOT NULL, birth INTEGER NOT NULL,
+                    size INTEGER NOT NULL, recorded_at INTEGER NOT NULL,
+                    PRIMARY KEY (name, ino, birth)) WITHOUT ROWID;
+                 INSERT INTO meta VALUES ('schema_version', '1'), ('initialized', '1');
+                 INSERT INTO hosts VALUES ('a', 0), ('c', 0);
+                 INSERT INTO files VALUES (X'6f6c64', 1, -7, 10, 0);",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(dir.path()).unwrap();
+        assert!(s.is_initialized() && s.is_known(OsStr::new("old"), id(1)));
+        s.mark_absent("c");
+        s.record(OsStr::new("new"), id(2), 20);
+        s.commit().unwrap();
+        let since = s.absent()["c"];
+        let missed = s.recorded_after(since).unwrap();
+        assert_eq!(missed, vec![(OsString::from("new"), id(2))]);
+        drop(s);
+        let mut s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.absent().get("c"),
+            Some(&since),
+            "absence survives a reopen"
+        );
+        s.add_host("c");
+        s.commit().unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.absent().is_empty() && s.hosts().contains("c"));
     }
 
     #[test]

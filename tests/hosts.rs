@@ -121,3 +121,49 @@ fn a_host_removed_from_the_config_is_left_untouched() {
     env.stays_absent("c", "later");
     drop(d);
 }
+
+#[test]
+fn a_sync_with_some_of_the_hosts_then_a_restart_with_all_keeps_every_prune() {
+    let mut env = Env::new(&["a", "b", "c"]);
+    let mut d = env.start();
+    env.fetch("a", "pruned-by-c", b"p");
+    env.wait_everywhere("pruned-by-c");
+    assert!(d.stop().success());
+    std::fs::remove_file(env.path("c", "pruned-by-c")).unwrap();
+    // A one-off sync naming only a and b.
+    env.hosts.retain(|h| h != "c");
+    assert!(env.sync(&[]).status.success());
+    env.fetch("a", "while-c-was-away", b"w");
+    env.age("a", "while-c-was-away", std::time::Duration::from_secs(60));
+    assert!(env.sync(&[]).status.success());
+    env.hosts.push("c".into());
+    let d = env.start();
+    env.wait_everywhere("while-c-was-away");
+    env.stays_absent("c", "pruned-by-c");
+    drop(d);
+}
+
+#[test]
+fn forgetting_a_host_that_left_is_explicit_and_makes_it_new_again() {
+    let mut env = Env::new(&["a", "b", "c"]);
+    let mut d = env.start();
+    env.fetch("a", "f.tar", b"f");
+    env.wait_everywhere("f.tar");
+    assert!(d.stop().success());
+    std::fs::remove_file(env.path("c", "f.tar")).unwrap();
+    env.hosts.retain(|h| h != "c");
+    assert!(env.sync(&[]).status.success());
+    // A configured host, or one the record does not know, is refused.
+    let (code, _, err) = Env::output(env.command("forget", &["a"]));
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = Env::output(env.command("forget", &["zz"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("c"), "names the hosts it remembers: {err}");
+    let (code, _, err) = Env::output(env.command("forget", &["c"]));
+    assert_eq!(code, Some(0), "{err}");
+    // Configured again, c is a new host: seeded with every file.
+    env.hosts.push("c".into());
+    let d = env.start();
+    env.wait_everywhere("f.tar");
+    drop(d);
+}

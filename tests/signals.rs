@@ -202,3 +202,31 @@ fn a_file_still_being_written_at_start_up_does_not_hold_ready_up() {
     // Once it stops changing it is distributed as usual.
     assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "growing.iso")));
 }
+
+#[test]
+fn a_host_dropped_from_the_config_for_one_reload_keeps_its_prunes_and_gets_what_it_missed() {
+    let env = Env::new(&["a", "b", "c"]);
+    let d = start_on_config(&env, &["a", "b", "c"]);
+    env.fetch("a", "pruned-by-c", b"p");
+    env.fetch("a", "kept-by-c", b"k");
+    env.wait_everywhere("pruned-by-c");
+    env.wait_everywhere("kept-by-c");
+    std::fs::remove_file(env.path("c", "pruned-by-c")).unwrap();
+    // A typo: c becomes cc for one reload, then is fixed.
+    write_config(&env, &["a", "b", "cc"], "");
+    d.signal(Signal::SIGHUP);
+    d.wait_log("config reloaded", WAIT);
+    env.fetch("a", "while-away", b"w");
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b", "cc"], "while-away")));
+    write_config(&env, &["a", "b", "c"], "");
+    d.signal(Signal::SIGHUP);
+    assert!(wait_until(WAIT, || d.count_log("config reloaded") == 2));
+    // c gets what it missed, and only that.
+    env.wait_everywhere("while-away");
+    env.stays_absent("c", "pruned-by-c");
+    assert!(env.same_inode(&["a", "b", "c"], "kept-by-c"));
+    // A restart agrees.
+    drop(d);
+    let _d = start_on_config(&env, &["a", "b", "c"]);
+    env.stays_absent("c", "pruned-by-c");
+}

@@ -23,10 +23,14 @@ impl Engine {
             if self.backoff.get(&key).is_some_and(|(at, _)| *at > now) {
                 continue;
             }
+            // Links owed to an absent host wait for its return.
             let targets: Vec<usize> = hosts
                 .iter()
                 .filter_map(|h| self.layout.index_of(h))
                 .collect();
+            if targets.is_empty() {
+                continue;
+            }
             // Find a host that still holds this generation.
             let source = (0..self.layout.hosts.len())
                 .filter(|h| !targets.contains(h))
@@ -61,8 +65,10 @@ impl Engine {
             }
             let mut paid = Vec::new();
             for h in &hosts {
-                let idx = self.layout.index_of(h);
-                if failed != [usize::MAX] && idx.is_none_or(|i| !failed.contains(&i)) {
+                if failed != [usize::MAX]
+                    && let Some(i) = self.layout.index_of(h)
+                    && !failed.contains(&i)
+                {
                     self.store.paid(&name, id, h);
                     paid.push(h.as_str());
                 }
@@ -105,20 +111,45 @@ impl Engine {
         self.backoff.clear();
     }
 
-    /// Aligns the record's host list with the configured hosts: a new host
-    /// is owed every distributed file; a removed one is forgotten (its dir
-    /// is left untouched).
+    /// Aligns the record's host list with the configured hosts. A new host
+    /// is owed every distributed file. A host that left the configuration
+    /// is remembered as absent (its dir is left untouched); when it comes
+    /// back it is owed only what was distributed while it was away, so its
+    /// prunes stay prunes. Forgetting a host is an explicit act
+    /// ([`crate::state::Store::remove_host`]).
     pub fn sync_hosts(&mut self) -> Result<()> {
         let configured: Vec<String> = self.layout.hosts.iter().map(|h| h.name.clone()).collect();
-        let recorded: Vec<String> = self.store.hosts().iter().cloned().collect();
-        for h in &recorded {
-            if !configured.contains(h) {
-                tracing::info!(host = %h, "host no longer configured; its dir is left as it is");
-                self.store.remove_host(h);
+        let leaving: Vec<String> = self
+            .store
+            .hosts()
+            .iter()
+            .filter(|h| !configured.contains(h) && !self.store.absent().contains_key(*h))
+            .cloned()
+            .collect();
+        if !leaving.is_empty() {
+            // What it got is told from what it misses by the commit it left at.
+            self.commit()?;
+            for h in &leaving {
+                tracing::info!(host = %h, "host no longer configured; its dir is left as it is, and it is remembered: if it comes back, it gets only what is distributed meanwhile");
+                self.store.mark_absent(h);
             }
         }
         for h in &configured {
-            if !self.store.hosts().contains(h) {
+            if let Some(&since) = self.store.absent().get(h) {
+                self.commit()?;
+                let missed: Vec<(OsString, fsops::FileId)> = self
+                    .store
+                    .recorded_after(since)?
+                    .into_iter()
+                    .filter(|(n, id)| self.store.is_known(n, *id))
+                    .collect();
+                tracing::info!(host = %h, missed = missed.len(), "host configured again: it is owed what was distributed while it was away; what it pruned stays pruned");
+                for (n, id) in missed {
+                    self.store.owe(&n, id, h);
+                }
+                self.store.add_host(h);
+                self.commit()?;
+            } else if !self.store.hosts().contains(h) {
                 let files: Vec<(OsString, fsops::FileId)> = self
                     .store
                     .all_files()

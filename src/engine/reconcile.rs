@@ -223,13 +223,14 @@ impl Engine {
             self.precompare(&present);
         }
         let configured: Vec<String> = self.layout.hosts.iter().map(|h| h.name.clone()).collect();
-        for h in self.store.hosts().clone() {
-            if !configured.contains(&h) {
-                self.store.remove_host(&h);
+        if self.store.is_initialized() {
+            // Hosts that left are remembered, ones that came back owed what
+            // they missed, as the daemon does.
+            self.sync_hosts()?;
+        } else {
+            for h in &configured {
+                self.store.add_host(h);
             }
-        }
-        for h in &configured {
-            self.store.add_host(h);
         }
         let mut names: Vec<&OsStr> = present.names().collect();
         names.sort();
