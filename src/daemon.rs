@@ -206,7 +206,13 @@ impl Signals {
 /// `distlink run`: reconcile, then follow events until SIGTERM/SIGINT.
 pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     let mut signals = Signals::install()?;
-    let engine = open_engine(&cfg, false)?;
+    let mut engine = open_engine(&cfg, false)?;
+    // Byte comparisons (which a client can make as slow as it likes) never
+    // hold up the event loop.
+    engine.compare_in_background().map_err(|e| Error::Io {
+        path: "comparison thread".into(),
+        source: e,
+    })?;
     let watcher = match cfg.watch {
         WatchMode::Inotify => {
             let mut w = Watcher::new().map_err(|e| Error::Io {
@@ -366,6 +372,9 @@ impl Daemon {
                 if let Some(w) = &self.watcher {
                     fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
                 }
+                if let Some(fd) = self.engine.verdicts_fd() {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
                 match nix::poll::poll(&mut fds, PollTimeout::from(wait_ms)) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                     Err(e) => return Err(Error::sys("poll", e)),
@@ -506,6 +515,11 @@ impl Daemon {
 
     /// Settles due files, distributes complete ones, retries, rescans.
     fn work(&mut self) {
+        // Names whose comparison came back are looked at again.
+        for name in self.engine.take_verdicts() {
+            self.engine
+                .revisit(&name, SystemTime::now(), self.cfg.settle);
+        }
         let now = Instant::now();
         for key in self.settler.due(now) {
             let stamp = self.stamp_now(&key);

@@ -50,17 +50,50 @@ pub fn is_own_temp(name: &OsStr) -> bool {
     name.as_bytes().starts_with(TEMP_PREFIX)
 }
 
-/// The inode number a temp link name of the engine's own was made for
-/// (`.distlink-tmp.PID.SEQ.INO`), if `name` has that form.
-pub fn temp_link_of(name: &OsStr) -> Option<u64> {
-    let rest = name.as_bytes().strip_prefix(TEMP_PREFIX)?;
-    let mut parts = rest.split(|b| *b == b'.');
-    let (pid, seq, ino) = (parts.next()?, parts.next()?, parts.next()?);
-    let digits = |p: &[u8]| !p.is_empty() && p.iter().all(u8::is_ascii_digit);
-    if parts.next().is_some() || !digits(pid) || !digits(seq) || !digits(ino) {
-        return None;
+/// What the name of one of the engine's temp links says: a merge
+/// linked inode `winner` under it, then exchanged it with the name that
+/// held inode `old` (whose mtime was `old_mtime_ns`). Written
+/// `.distlink-tmp.PID.SEQ.WINNER.OLD.OLD_MTIME_NS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TempLink {
+    pub winner: u64,
+    pub old: u64,
+    pub old_mtime_ns: i64,
+}
+
+impl TempLink {
+    pub fn name(&self, seq: u64) -> std::ffi::OsString {
+        let mut v = TEMP_PREFIX.to_vec();
+        v.extend_from_slice(
+            format!(
+                "{}.{seq}.{}.{}.{}",
+                std::process::id(),
+                self.winner,
+                self.old,
+                self.old_mtime_ns
+            )
+            .as_bytes(),
+        );
+        std::ffi::OsString::from(OsStr::from_bytes(&v))
     }
-    std::str::from_utf8(ino).ok()?.parse().ok()
+
+    /// Reads a temp link name; `None` for any other form.
+    pub fn parse(name: &OsStr) -> Option<TempLink> {
+        let rest = std::str::from_utf8(name.as_bytes().strip_prefix(TEMP_PREFIX)?).ok()?;
+        let parts: Vec<&str> = rest.split('.').collect();
+        let [pid, seq, winner, old, mtime] = parts[..] else {
+            return None;
+        };
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if !(digits(pid) && digits(seq) && digits(winner) && digits(old)) {
+            return None;
+        }
+        Some(TempLink {
+            winner: winner.parse().ok()?,
+            old: old.parse().ok()?,
+            old_mtime_ns: mtime.parse().ok()?,
+        })
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -103,18 +136,28 @@ mod tests {
     }
 
     #[test]
-    fn temp_link_names_say_their_inode() {
-        let t = |n: &[u8]| temp_link_of(OsStr::from_bytes(n));
-        assert_eq!(t(b".distlink-tmp.12.3.4567"), Some(4567));
+    fn temp_link_names_read_back() {
+        let t = TempLink {
+            winner: 4567,
+            old: 89,
+            old_mtime_ns: -12,
+        };
+        assert_eq!(TempLink::parse(&t.name(3)), Some(t));
         for bad in [
-            &b".distlink-tmp.12.3"[..],
-            b".distlink-tmp.12.c3",
-            b".distlink-tmp.12.3.45x",
+            &b".distlink-tmp.12.3.4567"[..],
             b".distlink-tmp.12.3.4.5",
-            b".distlink-tmp..3.4",
-            b"distlink-tmp.1.2.3",
+            b".distlink-tmp.12.c3.4.5.6",
+            b".distlink-tmp.12.3.4x.5.6",
+            b".distlink-tmp.12.3.4.5.6.7",
+            b".distlink-tmp..3.4.5.6",
+            b"distlink-tmp.1.2.3.4.5",
         ] {
-            assert_eq!(t(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                TempLink::parse(OsStr::from_bytes(bad)),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

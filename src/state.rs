@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS owed (
     name BLOB NOT NULL, ino INTEGER NOT NULL, birth INTEGER NOT NULL, host TEXT NOT NULL,
     PRIMARY KEY (name, ino, birth, host)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS different (
+    a_ino INTEGER NOT NULL, a_birth INTEGER NOT NULL, a_size INTEGER NOT NULL, a_mtime INTEGER NOT NULL,
+    b_ino INTEGER NOT NULL, b_birth INTEGER NOT NULL, b_size INTEGER NOT NULL, b_mtime INTEGER NOT NULL,
+    PRIMARY KEY (a_ino, a_birth, b_ino, b_birth)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conflicts (
     name BLOB NOT NULL, host TEXT NOT NULL, ino INTEGER NOT NULL,
     other_host TEXT NOT NULL, other_ino INTEGER NOT NULL, seen_at INTEGER NOT NULL,
@@ -59,6 +63,8 @@ enum Op {
     Absent(String, i64),
     Conflict(Conflict),
     ClearConflicts(OsString),
+    Different(Version, Version),
+    ForgetDifferent(Version, Version),
     Initialized,
 }
 
@@ -121,6 +127,27 @@ impl<'a> IntoIterator for &'a HostSet {
     }
 }
 
+/// One file's content as far as a comparison is concerned: its generation
+/// and what would change if it were written (size, mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub ino: u64,
+    pub birth: i64,
+    pub size: u64,
+    pub mtime: i64,
+}
+
+impl Version {
+    pub fn of(st: &crate::fsops::FileStat) -> Version {
+        Version {
+            ino: st.ino,
+            birth: st.birth_ns,
+            size: st.size,
+            mtime: st.mtime_ns,
+        }
+    }
+}
+
 /// Same name, different content in two hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
@@ -147,6 +174,9 @@ pub struct Record {
     /// The sequence number of the last commit.
     pub seq: i64,
     pub conflicts: HashMap<OsString, Vec<Conflict>>,
+    /// Pairs of files compared and found different (so never read again
+    /// while both stay as they are).
+    pub different: Vec<(Version, Version)>,
 }
 
 impl Record {
@@ -200,6 +230,18 @@ impl Record {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let sql = "SELECT a_ino, a_birth, a_size, a_mtime, b_ino, b_birth, b_size, b_mtime FROM different";
+        rec.different = rows(conn, p, sql, |r| {
+            let v = |i: usize| -> rusqlite::Result<Version> {
+                Ok(Version {
+                    ino: r.get::<_, i64>(i)? as u64,
+                    birth: r.get(i + 1)?,
+                    size: r.get::<_, i64>(i + 2)? as u64,
+                    mtime: r.get(i + 3)?,
+                })
+            };
+            Ok((v(0)?, v(4)?))
+        })?;
         let sql = "SELECT name, host, ino, other_host, other_ino FROM conflicts";
         for c in rows(conn, p, sql, |r| {
             Ok(Conflict {
@@ -860,6 +902,19 @@ impl Store {
         }
     }
 
+    /// Pairs found different, as loaded (the engine keeps its own cache).
+    pub fn differents(&self) -> &[(Version, Version)] {
+        &self.rec.different
+    }
+
+    pub fn remember_different(&mut self, a: Version, b: Version) {
+        self.ops.push(Op::Different(a, b));
+    }
+
+    pub fn forget_different(&mut self, a: Version, b: Version) {
+        self.ops.push(Op::ForgetDifferent(a, b));
+    }
+
     pub fn conflicts_of(&self, name: &OsStr) -> &[Conflict] {
         self.rec
             .conflicts
@@ -969,6 +1024,14 @@ impl Store {
                     "INSERT OR REPLACE INTO conflicts (name, host, ino, other_host, other_ino, seen_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![c.name.as_bytes(), c.host, c.ino as i64, c.other_host, c.other_ino as i64, now],
+                ),
+                Op::Different(a, b) => tx.execute(
+                    "INSERT OR REPLACE INTO different VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![a.ino as i64, a.birth, a.size as i64, a.mtime, b.ino as i64, b.birth, b.size as i64, b.mtime],
+                ),
+                Op::ForgetDifferent(a, b) => tx.execute(
+                    "DELETE FROM different WHERE a_ino = ?1 AND a_birth = ?2 AND b_ino = ?3 AND b_birth = ?4",
+                    params![a.ino as i64, a.birth, b.ino as i64, b.birth],
                 ),
                 Op::ClearConflicts(n) => tx.execute("DELETE FROM conflicts WHERE name = ?1", params![n.as_bytes()]),
                 Op::Initialized => tx.execute(

@@ -200,29 +200,49 @@ fn a_garbage_record_is_refused_rather_than_guessed_around() {
 
 #[test]
 fn temp_links_left_by_a_crash_are_cleaned_up_only_when_provably_spare() {
+    use std::os::unix::fs::MetadataExt;
     let env = Env::new(&["a", "b"]);
     let mut d = env.start();
     env.fetch("a", "kept", b"k");
     env.wait_everywhere("kept");
     assert!(d.stop().success());
-    // A crash mid-merge can leave a temp link: an extra link of the very
-    // inode its name says is dropped...
-    let ino = env.ino("a", "kept").unwrap();
-    let spare = format!(".distlink-tmp.999.1.{ino}");
-    fs::hard_link(env.path("a", "kept"), env.path("b", &spare)).unwrap();
-    // ...but nothing else under the prefix: a lone copy (even of bytes
-    // another name holds), a link of another inode than its name says, a
-    // name of another form.
-    fs::write(env.path("b", ".distlink-tmp.999.3.1"), b"k").unwrap();
-    fs::write(env.path("b", ".distlink-tmp.999.2"), b"only copy").unwrap();
-    let wrong = format!(".distlink-tmp.999.4.{}", ino + 1);
+    let w = env.ino("a", "kept").unwrap();
+    // A crash mid-merge leaves a temp link, named after the winning inode,
+    // the inode it replaced and that one's mtime. Before the exchange it is
+    // a spare link of the winner...
+    let before = format!(".distlink-tmp.999.1.{w}.1.1");
+    fs::hard_link(env.path("a", "kept"), env.path("b", &before)).unwrap();
+    // ...after it, the copy swapped out, unchanged, while b holds the winner.
+    let staged = env.path("b", ".staging");
+    fs::write(&staged, b"k").unwrap();
+    let m = fs::metadata(&staged).unwrap();
+    let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    let after = format!(".distlink-tmp.999.2.{w}.{}.{mtime}", m.ino());
+    fs::rename(&staged, env.path("b", &after)).unwrap();
+    // Nothing else under the prefix is touched: a copy whose name does not
+    // say so, a link of another inode than its name says, a changed copy,
+    // a name of another form.
+    let lone = format!(".distlink-tmp.999.3.{w}.1.1");
+    fs::write(env.path("b", &lone), b"k").unwrap();
+    let wrong = format!(".distlink-tmp.999.4.{}.1.1", w + 1);
     fs::hard_link(env.path("a", "kept"), env.path("b", &wrong)).unwrap();
+    let changed = env.path("b", ".staging");
+    fs::write(&changed, b"k").unwrap();
+    let m = fs::metadata(&changed).unwrap();
+    let stale = format!(
+        ".distlink-tmp.999.5.{w}.{}.{}",
+        m.ino(),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec() + 1
+    );
+    fs::rename(&changed, env.path("b", &stale)).unwrap();
+    fs::write(env.path("b", ".distlink-tmp.999.6"), b"only copy").unwrap();
     let d = env.start();
-    assert!(!env.exists("b", &spare));
-    for left in [".distlink-tmp.999.3.1", ".distlink-tmp.999.2", &wrong] {
+    assert!(!env.exists("b", &before));
+    assert!(!env.exists("b", &after));
+    for left in [&lone, &wrong, &stale, ".distlink-tmp.999.6"] {
         assert!(env.exists("b", left), "{left} was removed");
     }
     assert_eq!(d.count_log("left for the admin"), 1, "{}", d.log());
-    assert!(d.log().contains("count=3"), "{}", d.log());
+    assert!(d.log().contains("count=4"), "{}", d.log());
     assert_eq!(env.nlink("a", "kept"), 3);
 }

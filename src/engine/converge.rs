@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -70,6 +69,8 @@ impl Engine {
         let mut different: Vec<(usize, FileStat)> = Vec::new();
         let mut failures: Vec<Failure> = Vec::new();
         let mut verdicts: HashMap<u64, bool> = HashMap::new();
+        // Hosts whose copy waits for a comparison: left as they are.
+        let mut pending: Vec<usize> = Vec::new();
         for &h in scope {
             if h == origin {
                 continue;
@@ -96,6 +97,10 @@ impl Engine {
                         Some(v) => Ok(*v),
                         None => match self.cached_verdict(&ost, &s) {
                             Some(v) => Ok(v),
+                            None if self.compare_later(name, (origin, &ost), (h, &s)) => {
+                                pending.push(h);
+                                continue;
+                            }
                             None => self.same_content(name, origin, &ost, h, &s),
                         },
                     };
@@ -110,6 +115,7 @@ impl Engine {
                     }
                     if let Ok(v) = v {
                         verdicts.insert(s.ino, v);
+                        self.remember_verdict(&ost, &s, v);
                     }
                 }
                 Err(Errno::ENOENT) => lacking.push(h),
@@ -215,7 +221,8 @@ impl Engine {
                 .iter()
                 .filter(|c| {
                     let hs = &self.layout.hosts;
-                    !scope.iter().any(|&h| hs[h].name == c.host) && hs[origin].name != c.host
+                    let looked_at = |h: usize| hs[h].name == c.host && !pending.contains(&h);
+                    !scope.iter().any(|&h| looked_at(h)) && hs[origin].name != c.host
                 })
                 .cloned()
                 .collect();
@@ -295,12 +302,6 @@ impl Engine {
         )
     }
 
-    /// A comparison made ahead of time, if both files are unchanged since.
-    fn cached_verdict(&mut self, a: &FileStat, b: &FileStat) -> Option<bool> {
-        let (ca, cb, v) = self.compared.remove(&(a.ino, b.ino))?;
-        (ca.same_content_stamp(a) && cb.same_content_stamp(b)).then_some(v)
-    }
-
     /// Compares, in parallel, every pair of same-named, same-sized files on
     /// different inodes that converging `present` will need, so that the
     /// (serial) linking finds the answers ready.
@@ -338,19 +339,9 @@ impl Engine {
         });
         for ((_, _, ast, _, bst), v) in pairs.iter().zip(verdicts) {
             if let Ok(v) = v {
-                self.compared.insert((ast.ino, bst.ino), (*ast, *bst, v));
+                self.remember_verdict(ast, bst, v);
             }
         }
-    }
-
-    /// A temp name for a link of the inode `ino`: `.distlink-tmp.PID.SEQ.INO`.
-    /// The inode number lets a start-up after a crash prove, without
-    /// reading a byte, that a leftover is a spare link of that inode.
-    fn temp_name(&mut self, ino: u64) -> OsString {
-        self.seq += 1;
-        let mut v = names::TEMP_PREFIX.to_vec();
-        v.extend_from_slice(format!("{}.{}.{ino}", std::process::id(), self.seq).as_bytes());
-        OsString::from(std::ffi::OsStr::from_bytes(&v))
     }
 
     /// Replaces `host/name` (currently the identical inode `old`) by the
@@ -367,7 +358,13 @@ impl Engine {
         wst: &FileStat,
         old: &FileStat,
     ) -> std::result::Result<bool, FileError> {
-        let tmp = self.temp_name(wst.ino);
+        self.seq += 1;
+        let tmp = names::TempLink {
+            winner: wst.ino,
+            old: old.ino,
+            old_mtime_ns: old.mtime_ns,
+        }
+        .name(self.seq);
         let dir = self.layout.hosts[host].fd();
         fsops::link_fd_at(wfd.as_fd(), dir, &tmp)
             .map_err(|e| self.ferr(host, name, "link temp", e))?;
@@ -419,6 +416,7 @@ pub fn same_content(
     if ast.size != bst.size {
         return Ok(false);
     }
+    tracing::debug!(a = %a.1.join(a.2).display(), b = %b.1.join(b.2).display(), bytes = ast.size, "comparing");
     let mut fa = fsops::open_read_at(a.0, a.2, ast).map_err(|e| ea("open for compare", e))?;
     let mut fb = fsops::open_read_at(b.0, b.2, bst).map_err(|e| eb("open for compare", e))?;
     let same = fsops::same_bytes(&mut fa, &mut fb).map_err(|e| {

@@ -16,6 +16,7 @@
 //! the operator commands in `listing.rs` (prune) and `import.rs` (migrate).
 
 mod arrival;
+mod compare;
 mod converge;
 mod import;
 mod listing;
@@ -123,9 +124,14 @@ pub struct Engine {
     pub counters: Counters,
     /// Decide and count, but change nothing on disk or in the record.
     pub dry_run: bool,
-    /// Byte comparisons made ahead of time (in parallel), keyed by the two
-    /// inodes, with the stats they were made against.
-    compared: rustc_hash::FxHashMap<(u64, u64), (FileStat, FileStat, bool)>,
+    /// Verdicts of byte comparisons, keyed by the two generations, with
+    /// what both files were like when compared (see `compare.rs`).
+    compared: rustc_hash::FxHashMap<
+        compare::PairKey,
+        (crate::state::Version, crate::state::Version, bool),
+    >,
+    /// The comparison thread (the daemon), or none (comparisons inline).
+    comparer: Option<compare::Comparer>,
     /// When each failing owed link may be tried again, and the current delay.
     backoff: rustc_hash::FxHashMap<(OsString, fsops::FileId), (std::time::Instant, Duration)>,
     /// When the host dirs were last checked, and the result per host.
@@ -169,6 +175,12 @@ pub fn old_enough(st: &FileStat, now: SystemTime, settle: Duration) -> bool {
 
 impl Engine {
     pub fn new(layout: Layout, filter: NameFilter, store: Store, dedupe: bool) -> Engine {
+        // Pairs the record knows to differ are never compared again.
+        let compared = store
+            .differents()
+            .iter()
+            .map(|(a, b)| (((a.ino, a.birth), (b.ino, b.birth)), (*a, *b, false)))
+            .collect();
         Engine {
             layout,
             filter,
@@ -176,7 +188,8 @@ impl Engine {
             dedupe,
             counters: Counters::default(),
             dry_run: false,
-            compared: Default::default(),
+            compared,
+            comparer: None,
             backoff: Default::default(),
             hosts_checked: None,
             touched: BTreeSet::new(),

@@ -39,30 +39,46 @@ impl Engine {
         }
         complete &= s.complete;
         if cleanup_temps {
-            self.cleanup_temps(&s.temps);
+            self.cleanup_temps(&s.temps, &s.present);
         }
         (s.present, complete)
     }
 
-    /// Temp names left by a crash: a spare link of the inode its name
-    /// says (`.distlink-tmp.PID.SEQ.INO`, a merge interrupted before its
-    /// exchange) is dropped: the inode keeps its other names. Anything else
-    /// under that prefix (a copy swapped out by an interrupted merge, a
+    /// Temp names left by a crash in the middle of a merge, whose name
+    /// (see [`names::TempLink`]) proves what they are without reading a
+    /// byte: a spare link of the winning inode (the crash came before the
+    /// exchange), or the copy the exchange swapped out (the winner now
+    /// holds a name of that host dir, and the copy is unchanged since it
+    /// was found identical). Both go. Anything else under the prefix (a
     /// `migrate --copy` leftover, a name a client planted) is left alone,
-    /// with one warning for all: no bytes are read, so start-up costs the
-    /// same whatever clients plant.
-    fn cleanup_temps(&self, temps: &[(usize, OsString)]) {
+    /// with one warning for all: start-up costs the same whatever clients
+    /// plant.
+    fn cleanup_temps(&self, temps: &[(usize, OsString)], present: &Present) {
+        if temps.is_empty() {
+            return;
+        }
+        // Which inode each host dir holds under some name, and its size.
+        let mut held: rustc_hash::FxHashMap<(usize, u64), u64> = Default::default();
+        for (_, holders) in present.iter() {
+            for (h, st) in holders {
+                held.insert((h, st.ino), st.size);
+            }
+        }
         let mut left: Vec<std::path::PathBuf> = Vec::new();
         for (host, name) in temps {
             let h = &self.layout.hosts[*host];
             let Ok(st) = fsops::stat_at(h.fd(), name) else {
                 continue;
             };
-            let spare = st.is_regular()
-                && st.nlink > 1
-                && names::temp_link_of(name).is_some_and(|ino| ino == st.ino);
+            let ours = names::TempLink::parse(name).filter(|_| st.is_regular());
+            let spare = ours.is_some_and(|t| {
+                (st.ino == t.winner && st.nlink > 1)
+                    || (st.ino == t.old
+                        && st.mtime_ns == t.old_mtime_ns
+                        && held.get(&(*host, t.winner)) == Some(&st.size))
+            });
             if spare && fsops::unlink_at(h.fd(), name).is_ok() {
-                tracing::info!(path = %h.path.join(name).display(), "removed a spare temp link left by a crash");
+                tracing::info!(path = %h.path.join(name).display(), "removed a temp link left by a crash during a merge");
             } else {
                 left.push(h.path.join(name));
             }
@@ -71,7 +87,7 @@ impl Engine {
             tracing::warn!(
                 count = left.len(),
                 first = %first.display(),
-                "names under distlink's temp prefix that are not provably its own spare links; left for the admin"
+                "names under distlink's temp prefix that are not provably its own leftovers; left for the admin"
             );
         }
     }
@@ -90,89 +106,9 @@ impl Engine {
         let mut young = Vec::new();
         let mut names: Vec<&OsStr> = present.names().collect();
         names.sort();
-        let all: Vec<usize> = (0..self.layout.hosts.len()).collect();
         for name in names {
-            let holders = &present.get(name).unwrap_or_default();
-            let mut inodes: Vec<(usize, FileStat)> = Vec::new();
-            for (h, st) in holders {
-                if !inodes.iter().any(|(_, s)| s.ino == st.ino) {
-                    inodes.push((*h, *st));
-                }
-            }
-            let mut acted = false;
-            for (h, st) in &inodes {
-                if self.store.is_known(name, st.id()) {
-                    continue;
-                }
-                if !old_enough(st, now, settle) {
-                    // Every host holding it now is remembered (with those
-                    // seen by earlier scans): it is not linked there again.
-                    let held = self
-                        .held_young
-                        .entry((name.to_os_string(), st.id()))
-                        .or_default();
-                    for (hh, s) in holders {
-                        let hn = &self.layout.hosts[*hh].name;
-                        if s.ino == st.ino && !held.contains(hn) {
-                            held.push(hn.clone());
-                        }
-                    }
-                    young.push(Young {
-                        host: *h,
-                        name: name.to_os_string(),
-                        stat: *st,
-                    });
-                    continue;
-                }
-                let scope = self.arrival_scope(name, *h, st);
-                match self.converge(name, *h, *st, &scope, Mode::Arrival) {
-                    Ok(_) => self.forget_held(name, st),
-                    Err(e) => tracing::warn!(error = %e, "will retry"),
-                }
-                acted = true;
-            }
-            if !acted && inodes.len() > 1 {
-                // All known, yet not one inode: merge identical copies and
-                // (re)record conflicts. (Recorded conflicts are not trusted
-                // to skip this: inode numbers are reused.) First every inode
-                // but the most linked one is compared with the others, so
-                // copies identical to each other but not to that one merge
-                // too (one merged away meanwhile is skipped).
-                let mut order = inodes.clone();
-                order.sort_by_key(|(h, s)| (std::cmp::Reverse(s.nlink), *h));
-                for (i, (h, st)) in order.iter().enumerate() {
-                    let still = fsops::stat_at(self.layout.hosts[*h].fd(), name)
-                        .is_ok_and(|now| now.ino == st.ino);
-                    if !still || i == 0 {
-                        continue;
-                    }
-                    let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
-                    if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Merge) {
-                        tracing::warn!(error = %e, "will retry");
-                    }
-                }
-                // Then once from the inode with the most links now (first
-                // host on a tie): merges into it, records the conflicts, so
-                // they are described from the same side every time.
-                let mut best: Option<(usize, FileStat)> = None;
-                for &h in &all {
-                    if let Ok(st) = fsops::stat_at(self.layout.hosts[h].fd(), name)
-                        && ineligible(&st).is_none()
-                        && best.is_none_or(|(_, b)| st.nlink > b.nlink)
-                    {
-                        best = Some((h, st));
-                    }
-                }
-                if let Some((h, st)) = best {
-                    let scope: Vec<usize> = all.iter().copied().filter(|x| *x != h).collect();
-                    if let Err(e) = self.converge(name, h, st, &scope, Mode::Tidy) {
-                        tracing::warn!(error = %e, "will retry");
-                    }
-                }
-            }
-            if inodes.len() == 1 && !self.store.conflicts_of(name).is_empty() {
-                self.store.set_conflicts(name, Vec::new());
-            }
+            let holders = present.get(name).unwrap_or_default();
+            self.converge_name(name, &holders, now, settle, &mut young);
         }
         self.pay_owed();
         if complete {
@@ -189,6 +125,7 @@ impl Engine {
             for (n, id) in gone {
                 self.store.forget(&n, id);
             }
+            self.forget_verdicts_except(&present.generations());
             for n in self.store.conflict_names() {
                 if !present.contains(&n) {
                     self.store.set_conflicts(&n, Vec::new());
@@ -205,6 +142,119 @@ impl Engine {
             });
         }
         young
+    }
+
+    /// One name as a scan found it (`holders`: every host holding it, with
+    /// what it holds): a complete generation not recorded yet is
+    /// distributed; one too young is returned in `young`; a known name on
+    /// several inodes has its identical copies merged and its conflicts
+    /// recorded.
+    fn converge_name(
+        &mut self,
+        name: &OsStr,
+        holders: &[(usize, FileStat)],
+        now: SystemTime,
+        settle: Duration,
+        young: &mut Vec<Young>,
+    ) {
+        let all: Vec<usize> = (0..self.layout.hosts.len()).collect();
+        let mut inodes: Vec<(usize, FileStat)> = Vec::new();
+        for (h, st) in holders {
+            if !inodes.iter().any(|(_, s)| s.ino == st.ino) {
+                inodes.push((*h, *st));
+            }
+        }
+        let mut acted = false;
+        for (h, st) in &inodes {
+            if self.store.is_known(name, st.id()) {
+                continue;
+            }
+            if !old_enough(st, now, settle) {
+                // Every host holding it now is remembered (with those
+                // seen by earlier scans): it is not linked there again.
+                let held = self
+                    .held_young
+                    .entry((name.to_os_string(), st.id()))
+                    .or_default();
+                for (hh, s) in holders {
+                    let hn = &self.layout.hosts[*hh].name;
+                    if s.ino == st.ino && !held.contains(hn) {
+                        held.push(hn.clone());
+                    }
+                }
+                young.push(Young {
+                    host: *h,
+                    name: name.to_os_string(),
+                    stat: *st,
+                });
+                continue;
+            }
+            let scope = self.arrival_scope(name, *h, st);
+            match self.converge(name, *h, *st, &scope, Mode::Arrival) {
+                Ok(_) => self.forget_held(name, st),
+                Err(e) => tracing::warn!(error = %e, "will retry"),
+            }
+            acted = true;
+        }
+        if !acted && inodes.len() > 1 {
+            // All known, yet not one inode: merge identical copies and
+            // (re)record conflicts. (Recorded conflicts are not trusted
+            // to skip this: inode numbers are reused.) First every inode
+            // but the most linked one is compared with the others, so
+            // copies identical to each other but not to that one merge
+            // too (one merged away meanwhile is skipped).
+            let mut order = inodes.clone();
+            order.sort_by_key(|(h, s)| (std::cmp::Reverse(s.nlink), *h));
+            for (i, (h, st)) in order.iter().enumerate() {
+                let still = fsops::stat_at(self.layout.hosts[*h].fd(), name)
+                    .is_ok_and(|now| now.ino == st.ino);
+                if !still || i == 0 {
+                    continue;
+                }
+                let scope: Vec<usize> = all.iter().copied().filter(|x| x != h).collect();
+                if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Merge) {
+                    tracing::warn!(error = %e, "will retry");
+                }
+            }
+            // Then once from the inode with the most links now (first
+            // host on a tie): merges into it, records the conflicts, so
+            // they are described from the same side every time.
+            let mut best: Option<(usize, FileStat)> = None;
+            for &h in &all {
+                if let Ok(st) = fsops::stat_at(self.layout.hosts[h].fd(), name)
+                    && ineligible(&st).is_none()
+                    && best.is_none_or(|(_, b)| st.nlink > b.nlink)
+                {
+                    best = Some((h, st));
+                }
+            }
+            if let Some((h, st)) = best {
+                let scope: Vec<usize> = all.iter().copied().filter(|x| *x != h).collect();
+                if let Err(e) = self.converge(name, h, st, &scope, Mode::Tidy) {
+                    tracing::warn!(error = %e, "will retry");
+                }
+            }
+        }
+        if inodes.len() == 1 && !self.store.conflicts_of(name).is_empty() {
+            self.store.set_conflicts(name, Vec::new());
+        }
+    }
+
+    /// Looks at `name` in every host again, as a scan would (after a
+    /// comparison it waited for came back).
+    pub fn revisit(&mut self, name: &OsStr, now: SystemTime, settle: Duration) {
+        let holders: Vec<(usize, FileStat)> = (0..self.layout.hosts.len())
+            .filter_map(|h| {
+                fsops::stat_at(self.layout.hosts[h].fd(), name)
+                    .ok()
+                    .filter(|s| ineligible(s).is_none())
+                    .map(|s| (h, s))
+            })
+            .collect();
+        if !holders.is_empty() {
+            // Young ones have events of their own coming.
+            self.converge_name(name, &holders, now, settle, &mut Vec::new());
+        }
     }
 
     /// `distlink migrate`: takes the host dirs as they are and links every

@@ -185,6 +185,11 @@ impl Present {
         self.names.keys().map(|k| &**k)
     }
 
+    /// Every generation (inode, birth stamp) present.
+    pub fn generations(&self) -> rustc_hash::FxHashSet<(u64, i64)> {
+        self.stats.iter().map(|s| (s.ino, s.birth_ns)).collect()
+    }
+
     pub fn contains(&self, name: &OsStr) -> bool {
         self.names.contains_key(name)
     }
