@@ -45,7 +45,7 @@ pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
     let filter = NameFilter::new(&cfg.ignore)?;
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
     if adopt {
-        let n = engine.adopt();
+        let n = engine.adopt()?;
         for h in cfg.hosts.iter() {
             engine.store.add_host(h);
         }

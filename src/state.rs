@@ -53,7 +53,10 @@ CREATE TABLE IF NOT EXISTS conflicts (
 /// One write waiting for the next commit.
 #[derive(Debug)]
 enum Op {
-    Record(OsString, FileId, u64),
+    /// Name, generation, size and mtime (unknown for links a journal told).
+    Record(OsString, FileId, u64, Option<i64>),
+    /// The file was accepted as it is now (size, mtime).
+    Restamp(OsString, FileId, u64, i64),
     Forget(OsString, FileId),
     Owe(OsString, FileId, String),
     Paid(OsString, FileId, String),
@@ -290,6 +293,43 @@ pub fn read_only(state_dir: &Path) -> Result<Option<Record>> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db_err(&path))?;
     Record::load(&conn, &path).map(Some)
+}
+
+/// (name, generation) → (size, mtime) when distributed, where known.
+pub type Stamps = FxHashMap<(OsString, FileId), (u64, i64)>;
+
+fn stamps(conn: &Connection, p: &Path) -> Result<Stamps> {
+    let sql = "SELECT name, ino, birth, size, mtime FROM files WHERE mtime IS NOT NULL";
+    Ok(rows(conn, p, sql, |r| {
+        Ok((
+            (
+                OsString::from_vec(r.get::<_, Vec<u8>>(0)?),
+                FileId {
+                    ino: r.get::<_, i64>(1)? as u64,
+                    birth: r.get(2)?,
+                },
+            ),
+            (r.get::<_, i64>(3)? as u64, r.get::<_, i64>(4)?),
+        ))
+    })?
+    .into_iter()
+    .collect())
+}
+
+/// What [`read_stamps`] reads, without the lock, for `status`/`check`.
+pub fn read_stamps(state_dir: &Path) -> Result<Stamps> {
+    let path = state_dir.join(DB_NAME);
+    if !path.exists() {
+        return Ok(Stamps::default());
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err(&path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db_err(&path))?;
+    stamps(&conn, &path)
 }
 
 /// Copies the record as a process stopped now would leave it (the
@@ -593,7 +633,7 @@ impl Store {
                     failed,
                 } => {
                     if !self.is_known(&name, id) {
-                        self.record(&name, id, size);
+                        self.record(&name, id, size, None);
                         for h in &failed {
                             if self.rec.hosts.contains(h) {
                                 self.owe(&name, id, h);
@@ -744,7 +784,9 @@ impl Store {
         self.rec.files.values().map(Few::len).sum()
     }
 
-    pub fn record(&mut self, name: &OsStr, id: FileId, size: u64) {
+    /// Records a distributed generation, with its size and mtime then (so
+    /// that a later write in place can be told).
+    pub fn record(&mut self, name: &OsStr, id: FileId, size: u64, mtime: Option<i64>) {
         match self.rec.files.get_mut(name) {
             Some(ids) if ids.contains(&id) => return,
             Some(ids) => ids.push(id),
@@ -752,7 +794,32 @@ impl Store {
                 self.rec.files.insert(name.to_os_string(), Few::One(id));
             }
         }
-        self.ops.push(Op::Record(name.to_os_string(), id, size));
+        self.ops
+            .push(Op::Record(name.to_os_string(), id, size, mtime));
+    }
+
+    /// The size and mtime a committed generation had when it was
+    /// distributed (`None`: not committed yet, or the mtime is unknown).
+    pub fn recorded_stamp(&self, name: &OsStr, id: FileId) -> Option<(u64, i64)> {
+        self.conn
+            .query_row(
+                "SELECT size, mtime FROM files WHERE name = ?1 AND ino = ?2 AND birth = ?3",
+                params![name.as_bytes(), id.ino as i64, id.birth],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?)),
+            )
+            .ok()
+            .and_then(|(size, mtime)| Some((size, mtime?)))
+    }
+
+    /// Every committed generation's size and mtime when it was distributed.
+    pub fn recorded_stamps(&self) -> Result<Stamps> {
+        stamps(&self.conn, &self.path)
+    }
+
+    /// Accepts a distributed file as it is now (it was written in place).
+    pub fn restamp(&mut self, name: &OsStr, id: FileId, size: u64, mtime: i64) {
+        self.ops
+            .push(Op::Restamp(name.to_os_string(), id, size, mtime));
     }
 
     pub fn forget(&mut self, name: &OsStr, id: FileId) {
@@ -973,9 +1040,13 @@ impl Store {
         let tx = self.conn.transaction().map_err(&e)?;
         for op in &self.ops {
             match op {
-                Op::Record(n, id, size) => tx.execute(
-                    "INSERT OR IGNORE INTO files (name, ino, birth, size, recorded_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![n.as_bytes(), id.ino as i64, id.birth, *size as i64, now, seq],
+                Op::Record(n, id, size, mtime) => tx.execute(
+                    "INSERT OR IGNORE INTO files (name, ino, birth, size, recorded_at, seq, mtime) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![n.as_bytes(), id.ino as i64, id.birth, *size as i64, now, seq, mtime],
+                ),
+                Op::Restamp(n, id, size, mtime) => tx.execute(
+                    "UPDATE files SET size = ?4, mtime = ?5 WHERE name = ?1 AND ino = ?2 AND birth = ?3",
+                    params![n.as_bytes(), id.ino as i64, id.birth, *size as i64, mtime],
                 ),
                 Op::Forget(n, id) => tx.execute(
                     "DELETE FROM files WHERE name = ?1 AND ino = ?2 AND birth = ?3",
@@ -1100,11 +1171,11 @@ mod tests {
         for h in ["a", "b", "c"] {
             s.add_host(h);
         }
-        s.record(OsStr::new("old"), id(1), 10);
+        s.record(OsStr::new("old"), id(1), 10, None);
         s.owe(OsStr::new("old"), id(1), "c");
         s.commit().unwrap();
         // Linked, journaled, never committed: the process dies here.
-        s.record(OsStr::new("new"), id(2), 20);
+        s.record(OsStr::new("new"), id(2), 20, None);
         s.journal_distributed(OsStr::new("new"), id(2), 20, &["b"])
             .unwrap();
         s.paid(OsStr::new("old"), id(1), "c");
@@ -1150,7 +1221,7 @@ mod tests {
         let mut s = Store::open(dir.path()).unwrap();
         assert!(s.is_initialized() && s.is_known(OsStr::new("old"), id(1)));
         s.mark_absent("c");
-        s.record(OsStr::new("new"), id(2), 20);
+        s.record(OsStr::new("new"), id(2), 20, None);
         s.commit().unwrap();
         let since = s.absent()["c"];
         let missed = s.recorded_after(since).unwrap();

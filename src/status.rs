@@ -44,6 +44,9 @@ pub struct Status {
     pub undistributed: Vec<String>,
     pub settling: u64,
     pub owed_links: Vec<String>,
+    /// Distributed files written in place since (every host sees the
+    /// change): one path each.
+    pub written_in_place: Vec<String>,
     /// Host dir problems (missing, not a dir, other filesystem).
     pub layout_problems: Vec<String>,
 }
@@ -65,6 +68,11 @@ impl Status {
         );
         p.extend(self.conflicts.iter().map(|c| format!("conflict: {c}")));
         p.extend(self.owed_links.iter().map(|o| format!("link owed: {o}")));
+        p.extend(self.written_in_place.iter().map(|f| {
+            format!(
+                "written in place after it was distributed: {f} (every host holding it sees the change)"
+            )
+        }));
         p
     }
 }
@@ -80,14 +88,25 @@ pub fn gather(cfg: &Config) -> Result<Status> {
     // Read the record while the directories are being surveyed.
     let usable: Vec<usize> = (0..layout.hosts.len()).collect();
     let (survey, rec) = std::thread::scope(|sc| {
-        let rec = sc.spawn(|| state::read_only(&cfg.state_dir));
+        let rec = sc.spawn(|| {
+            let rec = state::read_only(&cfg.state_dir)?;
+            let stamps = match rec {
+                Some(_) => state::read_stamps(&cfg.state_dir)?,
+                None => Default::default(),
+            };
+            Ok::<_, crate::error::Error>(rec.map(|r| (r, stamps)))
+        });
         let survey = engine::survey(&layout, &filter, &usable);
         (survey, rec.join())
     });
-    let rec = match rec {
-        Ok(r) => r?,
+    let (rec, stamps) = match rec {
+        Ok(r) => match r? {
+            Some((r, s)) => (Some(r), s),
+            None => (None, Default::default()),
+        },
         Err(p) => std::panic::resume_unwind(p),
     };
+    let mut written_in_place = Vec::new();
     tracing::debug!(elapsed = ?t0.elapsed(), "surveyed host dirs and read the record");
     for (i, e) in &survey.unlisted {
         layout_problems.push(format!(
@@ -144,6 +163,16 @@ pub fn gather(cfg: &Config) -> Result<Status> {
             ino.names += 1;
             ino.one_host &= ino.host == *i;
             let known = ids.is_some_and(|v| v.contains(&st.id()));
+            if known
+                && !seen_unknown.contains(&st.ino)
+                && stamps
+                    .get(&(name.to_os_string(), st.id()))
+                    .is_some_and(|was| *was != (st.size, st.mtime_ns))
+            {
+                // Reported once per inode, not per host holding it.
+                seen_unknown.push(st.ino);
+                written_in_place.push(layout.hosts[*i].path.join(name).display().to_string());
+            }
             if !known && !seen_unknown.contains(&st.ino) {
                 seen_unknown.push(st.ino);
                 if engine::old_enough(st, now, cfg.settle) {
@@ -195,6 +224,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
     conflicts.sort();
     owed_links.sort();
     undistributed.sort();
+    written_in_place.sort();
     // Hosts whose dir could not be opened still get a row.
     let mut ordered = Vec::new();
     for h in &cfg.hosts {
@@ -225,6 +255,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         undistributed,
         settling,
         owed_links,
+        written_in_place,
         layout_problems,
     })
 }

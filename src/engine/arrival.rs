@@ -39,7 +39,45 @@ impl Engine {
             return None;
         }
         let st = fsops::stat_at(self.layout.hosts.get(host)?.fd(), name).ok()?;
-        (ineligible(&st).is_none() && !self.store.is_known(name, st.id())).then_some(st)
+        if ineligible(&st).is_some() {
+            return None;
+        }
+        if self.store.is_known(name, st.id()) {
+            if !created {
+                self.written_in_place(host, name, &st);
+            }
+            return None;
+        }
+        Some(st)
+    }
+
+    /// A distributed file was written and closed in `host`: every host
+    /// holds that one inode, so every host now sees the change. Said once
+    /// per change (status and check keep showing it).
+    fn written_in_place(&mut self, host: usize, name: &OsStr, st: &FileStat) {
+        let id = st.id();
+        if self.store.recorded_stamp(name, id).is_none() && self.pending() {
+            // Distributed moments ago: its record is not written yet.
+            if let Err(e) = self.commit() {
+                tracing::error!(error = %e, "cannot write the record");
+            }
+        }
+        let Some(was) = self.store.recorded_stamp(name, id) else {
+            return;
+        };
+        let now = (st.size, st.mtime_ns);
+        if was == now || !self.warned_writes.insert((name.to_os_string(), id, now)) {
+            return;
+        }
+        let h = &self.layout.hosts[host];
+        tracing::warn!(
+            host = %h.name,
+            path = %h.path.join(name).display(),
+            size_was = was.0,
+            size = st.size,
+            "a distributed file was written in place: every host holds this one inode and sees the change; \
+             delete it from every host dir to have it fetched again, or accept it with `distlink sync --adopt`"
+        );
     }
 
     /// Whether the `CREATE` of `name` in `host` is the event of a link

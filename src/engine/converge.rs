@@ -258,7 +258,8 @@ impl Engine {
             self.store.set_conflicts(name, conflicts);
         }
 
-        self.store.record(name, wst.id(), wst.size);
+        self.store
+            .record(name, wst.id(), wst.size, Some(wst.mtime_ns));
         let mut failed = Vec::new();
         for f in failures {
             self.counters.failed += 1;

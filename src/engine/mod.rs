@@ -148,6 +148,9 @@ pub struct Engine {
     /// before its group commit leaves exactly this: links everywhere, no
     /// record, a file still young at the restart.)
     held_young: rustc_hash::FxHashMap<(OsString, fsops::FileId), Vec<String>>,
+    /// Writes in place to distributed files already warned about (name,
+    /// generation, size and mtime after the write).
+    warned_writes: rustc_hash::FxHashSet<(OsString, fsops::FileId, (u64, i64))>,
 }
 
 /// Why a file is never a candidate, judged from its `statx`.
@@ -196,6 +199,7 @@ impl Engine {
             seq: 0,
             echoes: None,
             held_young: Default::default(),
+            warned_writes: Default::default(),
         }
     }
 

@@ -321,7 +321,7 @@ impl Engine {
                     if let Ok(s) = fsops::stat_at(self.layout.hosts[*i].fd(), name)
                         && ineligible(&s).is_none()
                     {
-                        self.store.record(name, s.id(), s.size);
+                        self.store.record(name, s.id(), s.size, Some(s.mtime_ns));
                     }
                 }
             }
@@ -337,18 +337,27 @@ impl Engine {
 
     /// Takes every candidate on disk now as already distributed (no links
     /// are made): `distlink sync --adopt`.
-    pub fn adopt(&mut self) -> usize {
+    /// Files written in place since they were distributed are accepted as
+    /// they are now.
+    pub fn adopt(&mut self) -> Result<usize> {
         let (present, _) = self.scan(true);
+        let stamps = self.store.recorded_stamps()?;
         let mut n = 0;
         for (name, holders) in present.iter() {
             for (_, st) in holders {
-                if !self.store.is_known(name, st.id()) {
-                    self.store.record(name, st.id(), st.size);
+                let id = st.id();
+                if !self.store.is_known(name, id) {
+                    self.store.record(name, id, st.size, Some(st.mtime_ns));
                     n += 1;
+                } else if stamps
+                    .get(&(name.to_os_string(), id))
+                    .is_some_and(|s| *s != (st.size, st.mtime_ns))
+                {
+                    self.store.restamp(name, id, st.size, st.mtime_ns);
                 }
             }
         }
-        n
+        Ok(n)
     }
 
     /// Whether any host dir holds a candidate (used to refuse guessing when
