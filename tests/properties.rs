@@ -105,7 +105,7 @@ fn open(root: &Path, state: &Path, adopt: bool) -> Engine {
     let store = Store::open(state).unwrap();
     let mut e = Engine::new(layout, NameFilter::new(&[]).unwrap(), store, true);
     if adopt {
-        e.adopt();
+        e.adopt().unwrap();
     }
     if !e.store.is_initialized() {
         e.store.mark_initialized();
