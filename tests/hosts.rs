@@ -167,3 +167,28 @@ fn forgetting_a_host_that_left_is_explicit_and_makes_it_new_again() {
     env.wait_everywhere("f.tar");
     drop(d);
 }
+
+#[test]
+fn a_file_only_a_host_away_from_the_config_still_holds_is_not_forgotten() {
+    // The record forgets a generation no host holds. A host that left the
+    // configuration still holds what it held: were its copy forgotten, it
+    // would look like a new download when the host comes back, and go back
+    // to every host that pruned it.
+    let mut env = Env::new(&["a", "b", "c"]);
+    let mut d = env.start();
+    env.fetch("a", "f.tar", b"f");
+    env.wait_everywhere("f.tar");
+    assert!(d.stop().success());
+    env.hosts.retain(|h| h != "c");
+    assert!(env.sync(&[]).status.success());
+    for h in ["a", "b"] {
+        std::fs::remove_file(env.path(h, "f.tar")).unwrap();
+    }
+    assert!(env.sync(&[]).status.success()); // a complete scan of a and b
+    env.hosts.push("c".into());
+    let d = env.start();
+    env.stays_absent("a", "f.tar");
+    env.stays_absent("b", "f.tar");
+    assert!(env.exists("c", "f.tar"));
+    drop(d);
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use proptest::prelude::*;
 
 use distlink::config::{Config, Overrides};
-use distlink::engine::Engine;
+use distlink::engine::{Engine, RacePoint};
 use distlink::layout::Layout;
 use distlink::names::NameFilter;
 use distlink::state::Store;
@@ -85,22 +85,56 @@ enum Op {
         name: usize,
         content: u8,
     },
+    /// Two hosts lacking `name` fetch it at the same moment: both are in
+    /// place before distlink handles either.
+    Simultaneous {
+        host: usize,
+        other: usize,
+        name: usize,
+        content: u8,
+        other_content: u8,
+    },
+    /// `racer` renames its own copy of `name` into place just as distlink,
+    /// distributing `host`'s new download, is about to link it there
+    /// (its `link()` then fails with EEXIST).
+    RaceLink {
+        host: usize,
+        racer: usize,
+        name: usize,
+        content: u8,
+        racer_content: u8,
+    },
+    /// `host` fetches again a name that other hosts hold, and prunes its
+    /// fresh copy just as distlink is about to merge it into theirs.
+    PruneDuringMerge { host: usize, name: usize },
+    /// `host` is dropped from the configuration (a reload with a typo).
+    Leave { host: usize },
+    /// The host that left is configured again.
+    Return,
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let h = || 0..3usize;
+    let n = || 0..4usize;
+    let c = || 0..3u8;
     prop_oneof![
-        4 => (0..3usize, 0..4usize, 0..3u8).prop_map(|(host, name, content)| Op::Arrive { host, name, content }),
-        3 => (0..3usize, 0..4usize).prop_map(|(host, name)| Op::Prune { host, name }),
+        4 => (h(), n(), c()).prop_map(|(host, name, content)| Op::Arrive { host, name, content }),
+        3 => (h(), n()).prop_map(|(host, name)| Op::Prune { host, name }),
         1 => Just(Op::Rescan),
         1 => Just(Op::Restart),
-        1 => (0..3usize, 0..4usize, 0..3u8).prop_map(|(host, name, content)| Op::PlantAndAdopt { host, name, content }),
+        1 => (h(), n(), c()).prop_map(|(host, name, content)| Op::PlantAndAdopt { host, name, content }),
+        2 => (h(), h(), n(), c(), c()).prop_map(|(host, other, name, content, other_content)| Op::Simultaneous { host, other, name, content, other_content }),
+        2 => (h(), h(), n(), c(), c()).prop_map(|(host, racer, name, content, racer_content)| Op::RaceLink { host, racer, name, content, racer_content }),
+        2 => (h(), n()).prop_map(|(host, name)| Op::PruneDuringMerge { host, name }),
+        1 => h().prop_map(|host| Op::Leave { host }),
+        1 => Just(Op::Return),
     ]
 }
 
 const HOSTS: [&str; 3] = ["a", "b", "c"];
 
-fn open(root: &Path, state: &Path, adopt: bool) -> Engine {
-    let hosts: Vec<String> = HOSTS.iter().map(|s| s.to_string()).collect();
+fn open(root: &Path, state: &Path, hosts: &[usize], adopt: bool) -> Engine {
+    let hosts: Vec<String> = hosts.iter().map(|&h| HOSTS[h].to_string()).collect();
     let layout = Layout::open(root, &hosts).unwrap();
     let store = Store::open(state).unwrap();
     let mut e = Engine::new(layout, NameFilter::new(&[]).unwrap(), store, true);
@@ -124,8 +158,32 @@ fn content(c: u8) -> Vec<u8> {
     vec![c; 10 + c as usize]
 }
 
+fn file(root: &Path, host: usize, name: usize) -> std::path::PathBuf {
+    root.join(HOSTS[host]).join(format!("n{name}"))
+}
+
+/// Puts `content` under `name` in `host` the way Portage does (a rename).
+fn publish(root: &Path, host: usize, name: usize, c: u8) {
+    let staged = root.join(format!(".staging-{host}"));
+    fs::write(&staged, content(c)).unwrap();
+    fs::rename(&staged, file(root, host, name)).unwrap();
+}
+
+/// What the model says a host holds under a name: `Some(content)`, or
+/// `None` where the outcome is legitimately open (not checked). A name
+/// missing from the map must be missing on disk.
+type Held = BTreeMap<usize, Option<u8>>;
+
+/// The engine's index of a host, given which host (if any) is absent.
+fn idx(host: usize, absent: Option<usize>) -> usize {
+    match absent {
+        Some(a) if host > a => host - 1,
+        _ => host,
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn the_engine_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
@@ -133,32 +191,40 @@ proptest! {
         let root = tmp.path().join("root");
         let state = tmp.path().join("state");
         fs::create_dir(&root).unwrap();
-        let mut engine = Some(open(&root, &state, false));
+        let mut engine = Some(open(&root, &state, &[0, 1, 2], false));
         // The model: what each host holds under each name.
-        let mut model: Vec<BTreeMap<usize, u8>> = vec![BTreeMap::new(); 3];
+        let mut model: Vec<Held> = vec![BTreeMap::new(); 3];
+        // The host that left the configuration, and the names that arrived
+        // while it was away.
+        let mut absent: Option<usize> = None;
+        let mut missed: std::collections::BTreeSet<usize> = Default::default();
         for (step, op) in ops.iter().enumerate() {
+            let present: Vec<usize> = (0..3).filter(|h| Some(*h) != absent).collect();
+            let here = |h: &usize| Some(*h) != absent;
+            // Every present host lacking the name gets `c` (an arrival).
+            let spread = |model: &mut Vec<Held>, name: usize, c: u8, missed: &mut std::collections::BTreeSet<usize>| {
+                for &p in &present {
+                    model[p].entry(name).or_insert(Some(c));
+                }
+                if absent.is_some() {
+                    missed.insert(name);
+                }
+            };
             match op {
                 Op::Arrive { host, name, content: c } => {
-                    if model[*host].contains_key(name) {
+                    if !here(host) || model[*host].contains_key(name) {
                         continue;
                     }
-                    let n = format!("n{name}");
-                    let staged = root.join(".staging");
-                    fs::write(&staged, content(*c)).unwrap();
-                    fs::rename(&staged, root.join(HOSTS[*host]).join(&n)).unwrap();
+                    publish(&root, *host, *name, *c);
                     let e = engine.as_mut().unwrap();
-                    e.arrive(*host, OsStr::new(&n)).unwrap();
+                    e.arrive(idx(*host, absent), OsStr::new(&format!("n{name}"))).unwrap();
                     e.commit().unwrap();
-                    model[*host].insert(*name, *c);
-                    for (p, held) in model.iter_mut().enumerate() {
-                        if p != *host {
-                            held.entry(*name).or_insert(*c);
-                        }
-                    }
+                    model[*host].insert(*name, Some(*c));
+                    spread(&mut model, *name, *c, &mut missed);
                 }
                 Op::Prune { host, name } => {
-                    if model[*host].remove(name).is_some() {
-                        fs::remove_file(root.join(HOSTS[*host]).join(format!("n{name}"))).unwrap();
+                    if here(host) && model[*host].remove(name).is_some() {
+                        let _ = fs::remove_file(file(&root, *host, *name));
                     }
                 }
                 Op::Rescan => {
@@ -169,24 +235,126 @@ proptest! {
                 Op::Restart => {
                     // Stop (releasing the lock) before starting again.
                     drop(engine.take());
-                    engine = Some(open(&root, &state, false));
+                    engine = Some(open(&root, &state, &present, false));
                 }
                 Op::PlantAndAdopt { host, name, content: c } => {
-                    if model[*host].contains_key(name) {
+                    if !here(host) || model[*host].contains_key(name) {
                         continue;
                     }
                     drop(engine.take());
-                    fs::write(root.join(HOSTS[*host]).join(format!("n{name}")), content(*c)).unwrap();
-                    model[*host].insert(*name, *c);
-                    engine = Some(open(&root, &state, true));
+                    fs::write(file(&root, *host, *name), content(*c)).unwrap();
+                    model[*host].insert(*name, Some(*c));
+                    if absent.is_some() {
+                        // Recorded while a host was away: it may get it.
+                        missed.insert(*name);
+                    }
+                    engine = Some(open(&root, &state, &present, true));
+                }
+                Op::Simultaneous { host, other, name, content: c, other_content: oc } => {
+                    if host == other || !here(host) || !here(other)
+                        || model[*host].contains_key(name) || model[*other].contains_key(name) {
+                        continue;
+                    }
+                    publish(&root, *host, *name, *c);
+                    publish(&root, *other, *name, *oc);
+                    let n = format!("n{name}");
+                    let e = engine.as_mut().unwrap();
+                    e.arrive(idx(*host, absent), OsStr::new(&n)).unwrap();
+                    e.arrive(idx(*other, absent), OsStr::new(&n)).unwrap();
+                    e.commit().unwrap();
+                    model[*host].insert(*name, Some(*c));
+                    model[*other].insert(*name, Some(*oc));
+                    spread(&mut model, *name, *c, &mut missed);
+                }
+                Op::RaceLink { host, racer, name, content: c, racer_content: rc } => {
+                    if host == racer || !here(host) || !here(racer)
+                        || model[*host].contains_key(name) || model[*racer].contains_key(name) {
+                        continue;
+                    }
+                    publish(&root, *host, *name, *c);
+                    let (r, ri, root2) = (*racer, idx(*racer, absent), root.clone());
+                    let (nm, rcc) = (*name, *rc);
+                    let n = format!("n{name}");
+                    let e = engine.as_mut().unwrap();
+                    e.race_hook = Some(Box::new(move |point, h, _| {
+                        if point == RacePoint::BeforeLink && h == ri && !file(&root2, r, nm).exists() {
+                            publish(&root2, r, nm, rcc);
+                        }
+                    }));
+                    e.arrive(idx(*host, absent), OsStr::new(&n)).unwrap();
+                    e.race_hook = None;
+                    // The racer's own rename is an arrival too.
+                    e.arrive(ri, OsStr::new(&n)).unwrap();
+                    e.pay_owed();
+                    e.commit().unwrap();
+                    model[*host].insert(*name, Some(*c));
+                    model[*racer].insert(*name, Some(*rc));
+                    spread(&mut model, *name, *c, &mut missed);
+                }
+                Op::PruneDuringMerge { host, name } => {
+                    // Another present host holds it for sure; host lacks it.
+                    let Some(c) = present.iter().find_map(|p| model[*p].get(name).copied().flatten()) else {
+                        continue;
+                    };
+                    if !here(host) || model[*host].contains_key(name) {
+                        continue;
+                    }
+                    publish(&root, *host, *name, c);
+                    let (hi, root2, nm, hh) = (idx(*host, absent), root.clone(), *name, *host);
+                    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let f2 = fired.clone();
+                    let n = format!("n{name}");
+                    let e = engine.as_mut().unwrap();
+                    e.race_hook = Some(Box::new(move |point, h, _| {
+                        if point == RacePoint::BeforeExchange && h == hi {
+                            let _ = fs::remove_file(file(&root2, hh, nm));
+                            f2.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }));
+                    e.arrive(hi, OsStr::new(&n)).unwrap();
+                    e.race_hook = None;
+                    e.pay_owed();
+                    e.commit().unwrap();
+                    if fired.load(std::sync::atomic::Ordering::SeqCst) {
+                        // Pruned mid-merge: it must stay pruned.
+                        model[*host].remove(name);
+                    } else {
+                        // Its copy won (no other inode had more links): a
+                        // new arrival like any other.
+                        model[*host].insert(*name, Some(c));
+                        spread(&mut model, *name, c, &mut missed);
+                    }
+                }
+                Op::Leave { host } => {
+                    if absent.is_some() {
+                        continue;
+                    }
+                    drop(engine.take());
+                    absent = Some(*host);
+                    missed.clear();
+                    let rest: Vec<usize> = (0..3).filter(|h| h != host).collect();
+                    engine = Some(open(&root, &state, &rest, false));
+                }
+                Op::Return => {
+                    let Some(back) = absent.take() else {
+                        continue;
+                    };
+                    drop(engine.take());
+                    engine = Some(open(&root, &state, &[0, 1, 2], false));
+                    // It may get what arrived while it was away (if still
+                    // held); what it pruned before leaving stays pruned.
+                    for name in std::mem::take(&mut missed) {
+                        model[back].entry(name).or_insert(None);
+                    }
                 }
             }
             // Disk equals the model, and equal content under one name is one inode.
             for (h, held) in model.iter().enumerate() {
                 for name in 0..4usize {
-                    let p = root.join(HOSTS[h]).join(format!("n{name}"));
+                    let p = file(&root, h, name);
                     match held.get(&name) {
-                        Some(c) => prop_assert_eq!(fs::read(&p).ok(), Some(content(*c)), "step {} {:?}: host {} n{}", step, op, HOSTS[h], name),
+                        Some(Some(c)) => prop_assert_eq!(fs::read(&p).ok(), Some(content(*c)), "step {} {:?}: host {} n{}", step, op, HOSTS[h], name),
+                        Some(None) => {}
                         None => prop_assert!(!p.exists(), "step {} {:?}: host {} regained n{}", step, op, HOSTS[h], name),
                     }
                 }
@@ -198,14 +366,16 @@ proptest! {
             }
             for name in 0..4usize {
                 let mut by_content: BTreeMap<u8, std::collections::BTreeSet<u64>> = BTreeMap::new();
-                for (h, held) in model.iter().enumerate() {
-                    if let Some(c) = held.get(&name) {
-                        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(root.join(HOSTS[h]).join(format!("n{name}"))).unwrap());
+                // A host away from the configuration is not managed: its
+                // copies are merged once it is back.
+                for (h, held) in model.iter().enumerate().filter(|(h, _)| Some(*h) != absent) {
+                    if let Some(Some(c)) = held.get(&name) {
+                        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(file(&root, h, name)).unwrap());
                         by_content.entry(*c).or_default().insert(ino);
                     }
                 }
                 for (c, inos) in by_content {
-                    prop_assert_eq!(inos.len(), 1, "n{} content {} on several inodes", name, c);
+                    prop_assert_eq!(inos.len(), 1, "step {} {:?}: n{} content {} on several inodes", step, op, name, c);
                 }
             }
         }

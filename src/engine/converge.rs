@@ -157,6 +157,9 @@ impl Engine {
                 self.counters.linked += 1;
                 continue;
             }
+            if let Some(hook) = self.race_hook.as_mut() {
+                hook(super::RacePoint::BeforeLink, h, name);
+            }
             match fsops::link_fd_at(wfd.as_fd(), self.layout.hosts[h].fd(), name) {
                 Ok(()) => {
                     self.touched.insert(h);
@@ -378,6 +381,10 @@ impl Engine {
             Ok(cur) if cur.same_content_stamp(old) => {}
             _ => return Err(undo(self, "changed before merge")),
         }
+        if let Some(hook) = self.race_hook.as_mut() {
+            hook(super::RacePoint::BeforeExchange, host, name);
+        }
+        let dir = self.layout.hosts[host].fd();
         if let Err(e) = fsops::exchange_at(dir, &tmp, name) {
             let _ = fsops::unlink_at(dir, &tmp);
             return Err(self.ferr(host, name, "exchange", e));

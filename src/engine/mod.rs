@@ -84,6 +84,20 @@ pub enum Arrival {
     Distributed,
 }
 
+/// A point in the middle of converging a name where the scenario tests
+/// of races let another actor act (see [`Engine::race_hook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RacePoint {
+    /// `name` was found missing in host `host` and is about to be linked.
+    BeforeLink,
+    /// An identical copy of `name` in `host` is about to be exchanged for
+    /// the surviving inode.
+    BeforeExchange,
+}
+
+/// Called at a [`RacePoint`] with the host index and the name.
+pub type RaceHook = Box<dyn FnMut(RacePoint, usize, &OsStr) + Send>;
+
 /// Why a name is being converged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -148,6 +162,10 @@ pub struct Engine {
     /// before its group commit leaves exactly this: links everywhere, no
     /// record, a file still young at the restart.)
     held_young: rustc_hash::FxHashMap<(OsString, fsops::FileId), Vec<String>>,
+    /// For tests of races only: called at each [`RacePoint`], so that a
+    /// client can act exactly there. `None` in the daemon.
+    #[doc(hidden)]
+    pub race_hook: Option<RaceHook>,
     /// Writes in place to distributed files already warned about (name,
     /// generation, size and mtime after the write).
     warned_writes: rustc_hash::FxHashSet<(OsString, fsops::FileId, (u64, i64))>,
@@ -200,6 +218,7 @@ impl Engine {
             echoes: None,
             held_young: Default::default(),
             warned_writes: Default::default(),
+            race_hook: None,
         }
     }
 

@@ -111,7 +111,11 @@ impl Engine {
             self.converge_name(name, &holders, now, settle, &mut young);
         }
         self.pay_owed();
-        if complete {
+        // A generation is forgotten only when no host the record knows
+        // holds it: hosts that left the configuration count too (were one
+        // the last to hold it, its copy would look new when it came back).
+        let away = self.held_by_absent_hosts();
+        if complete && let Some(away) = away {
             let gone: Vec<(OsString, fsops::FileId)> = self
                 .store
                 .all_files()
@@ -119,6 +123,7 @@ impl Engine {
                     !present
                         .get(n)
                         .is_some_and(|v| v.iter().any(|(_, s)| s.id() == *id))
+                        && !away.contains(&((*n).clone(), *id))
                 })
                 .map(|(n, id)| (n.clone(), id))
                 .collect();
@@ -142,6 +147,31 @@ impl Engine {
             });
         }
         young
+    }
+
+    /// The generations the dirs of hosts that left the configuration hold
+    /// (read only; a dir that is gone holds nothing). `None` when one
+    /// could not be read: then nothing can be forgotten safely.
+    fn held_by_absent_hosts(&self) -> Option<rustc_hash::FxHashSet<(OsString, fsops::FileId)>> {
+        let mut out = rustc_hash::FxHashSet::default();
+        for host in self.store.absent().keys() {
+            let path = self.layout.root.join(host);
+            let dir = match fsops::open_dir_at(self.layout.root_fd(), OsStr::new(host)) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::ENOENT) => continue,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the dir of a host that left the configuration; the record forgets nothing until it can");
+                    return None;
+                }
+            };
+            match super::list_candidates(std::os::fd::AsFd::as_fd(&dir), &path, &self.filter) {
+                Ok(l) if l.complete => {
+                    out.extend(l.files.into_iter().map(|(n, st)| (n, st.id())));
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
     }
 
     /// One name as a scan found it (`holders`: every host holding it, with
