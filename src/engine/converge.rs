@@ -101,7 +101,13 @@ impl Engine {
                                 pending.push(h);
                                 continue;
                             }
-                            None => self.same_content(name, origin, &ost, h, &s),
+                            None => {
+                                let v = self.same_content(name, origin, &ost, h, &s);
+                                if let Ok(v) = v {
+                                    self.remember_verdict(&ost, &s, v);
+                                }
+                                v
+                            }
                         },
                     };
                     match v {
@@ -115,7 +121,6 @@ impl Engine {
                     }
                     if let Ok(v) = v {
                         verdicts.insert(s.ino, v);
-                        self.remember_verdict(&ost, &s, v);
                     }
                 }
                 Err(Errno::ENOENT) => lacking.push(h),
