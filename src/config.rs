@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 pub const DEFAULT_CONFIG: &str = "/etc/distlink.toml";
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
 pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
+/// Where the record lives unless configured: root's alone, outside the
+/// distfiles root (which clients and portage write).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/distlink";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchMode {
@@ -164,22 +167,13 @@ impl Config {
         let state_dir = match (&ov.state_dir, &f.state_dir) {
             (Some(s), _) => s.clone(),
             (None, Some(s)) => PathBuf::from(s),
-            (None, None) => root.join(".distlink"),
+            (None, None) => PathBuf::from(DEFAULT_STATE_DIR),
         };
         if !state_dir.is_absolute() {
             return Err(cfg_err(format!(
                 "state_dir: {:?} is not an absolute path",
                 state_dir.display().to_string()
             )));
-        }
-        for h in &hosts {
-            if state_dir.starts_with(root.join(h)) {
-                return Err(cfg_err(format!(
-                    "state_dir: {} lies inside host dir {:?}, where that client could change it",
-                    state_dir.display(),
-                    h
-                )));
-            }
         }
         let ignore = f.ignore.unwrap_or_default();
         crate::names::NameFilter::new(&ignore)?;
@@ -287,7 +281,7 @@ interval = "10s"
         let c = Config::from_toml("root = \"/srv/d\"\nhosts = [\"a\"]\n", &o).unwrap();
         assert_eq!(c.root, PathBuf::from("/x"));
         assert_eq!(c.hosts, vec!["z"]);
-        assert_eq!(c.state_dir, PathBuf::from("/x/.distlink"));
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.settle, Duration::from_millis(100));
         assert_eq!(c.watch, WatchMode::Poll(Duration::from_secs(3)));
         assert!(c.dedupe);
@@ -326,10 +320,6 @@ interval = "10s"
             (
                 "root = \"/r\"\nhosts = [\"a\"]\nignore = [\"[\"]\n",
                 "ignore",
-            ),
-            (
-                "root = \"/r\"\nhosts = [\"a\"]\nstate_dir = \"/r/a/st\"\n",
-                "state_dir",
             ),
             ("hosts = [\"a\"]\n", "root"),
             ("root = \"/r\"\n", "hosts"),

@@ -32,6 +32,9 @@ const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// kernel queue far from overflowing (an overflow costs a full rescan).
 const ROUND: Duration = Duration::from_millis(20);
 
+/// While the record cannot be written, how often writing it is tried.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
+
 /// How often owed links (failed earlier, or owed to a new host) are looked
 /// at; each one that keeps failing backs off on its own (see the engine).
 const RETRY_EVERY: Duration = Duration::from_secs(10);
@@ -40,8 +43,12 @@ const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// root whose host dirs already hold files is refused: guessing would
 /// either resurrect prunes or strand files.
 pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
-    let layout = Layout::open(&cfg.root, &cfg.hosts)?;
-    let store = Store::open(&cfg.state_dir)?;
+    // The record is opened, and checked to describe this root, before any
+    // host dir is created: an unmounted root must not be filled with new
+    // empty host dirs that would make the record forget every file.
+    let mut layout = Layout::open_root(&cfg.root)?;
+    let store = Store::open_for_root(&cfg.state_dir, &cfg.root, layout.root_fd(), adopt)?;
+    layout.open_hosts(&cfg.hosts)?;
     let filter = NameFilter::new(&cfg.ignore)?;
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
     if adopt {
@@ -294,8 +301,12 @@ impl Daemon {
             return Ok(());
         }
         let unsettled = young.len();
+        if self.engine.commit().is_err() {
+            // "ready" means recorded: it waits until the record can be
+            // written (the error is logged once by the store).
+            return Ok(());
+        }
         self.starting = None;
-        self.engine.commit()?;
         self.next_commit = None;
         tracing::info!(
             hosts = self.engine.layout.hosts.len(),
@@ -414,11 +425,22 @@ impl Daemon {
             // within COMMIT_EVERY (always after the links, so a crash in
             // between only leaves work for the next start).
             let now = Instant::now();
-            if self.engine.pending() {
+            let paused = !self.engine.store.can_record();
+            if self.engine.pending() || paused {
                 let due = *self.next_commit.get_or_insert(now + COMMIT_EVERY);
                 if due <= now || stop {
-                    self.engine.commit()?;
-                    self.next_commit = None;
+                    match self.engine.commit() {
+                        Ok(()) => {
+                            self.next_commit = None;
+                            if paused {
+                                // What was skipped meanwhile is found again.
+                                self.rescan = true;
+                            }
+                        }
+                        // Logged once by the store; distribution pauses.
+                        Err(_) if !stop => self.next_commit = Some(now + RECORD_RETRY),
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             if !stop {
@@ -515,6 +537,11 @@ impl Daemon {
 
     /// Settles due files, distributes complete ones, retries, rescans.
     fn work(&mut self) {
+        if !self.engine.store.can_record() {
+            // Paused until the record can be written: complete files wait
+            // in the queue, nothing is linked.
+            return;
+        }
         // Names whose comparison came back are looked at again.
         for name in self.engine.take_verdicts() {
             self.engine

@@ -46,6 +46,14 @@ impl Layout {
     /// that all host dirs share one filesystem.
     pub fn open(root: &Path, hosts: &[String]) -> Result<Layout> {
         let mut layout = Layout::open_root(root)?;
+        layout.open_hosts(hosts)?;
+        Ok(layout)
+    }
+
+    /// Opens every host dir (creating missing ones) of a layout opened
+    /// with [`Layout::open_root`], and checks they share one filesystem.
+    pub fn open_hosts(&mut self, hosts: &[String]) -> Result<()> {
+        let layout = self;
         for h in hosts {
             let (dir, opened) = layout.open_host(h)?;
             if opened == Opened::Created {
@@ -53,12 +61,16 @@ impl Layout {
             }
             layout.hosts.push(dir);
         }
-        layout.check_same_fs()?;
-        Ok(layout)
+        layout.check_same_fs()
+    }
+
+    /// (dev, ino) of the root directory.
+    pub fn root_id(&self) -> (u64, u64) {
+        (self.root_stat.dev, self.root_stat.ino)
     }
 
     /// Opens the root alone (no host dirs yet).
-    fn open_root(root: &Path) -> Result<Layout> {
+    pub fn open_root(root: &Path) -> Result<Layout> {
         let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
             Errno::ENOENT => {
                 Error::Config(format!("root: directory {} does not exist", root.display()))

@@ -13,5 +13,6 @@ pub mod names;
 pub mod prune;
 pub mod settle;
 pub mod state;
+pub mod statedir;
 pub mod status;
 pub mod watch;

@@ -100,14 +100,19 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         return Ok(report);
     }
 
-    let layout = if opts.dry_run {
+    // The record (checked to describe this root) is opened before any
+    // host dir is created; a dry run creates nothing.
+    let (layout, mut store) = if opts.dry_run {
         let (l, problems) = Layout::open_existing(&cfg.root, &cfg.hosts)?;
         for p in problems {
             tracing::warn!("{p}");
         }
-        l
+        (l, None)
     } else {
-        Layout::open(&cfg.root, &cfg.hosts)?
+        let mut l = Layout::open_root(&cfg.root)?;
+        let s = Store::open_for_root(&cfg.state_dir, &cfg.root, l.root_fd(), false)?;
+        l.open_hosts(&cfg.hosts)?;
+        (l, Some(s))
     };
     if let Some(from) = &opts.from {
         let idx = host
@@ -117,22 +122,24 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         report.imported = Some(import(from, &layout, idx, &filter, opts)?);
     }
     // A dry run must not create a record: it works on a scratch copy.
-    let scratch = opts
-        .dry_run
-        .then(|| std::env::temp_dir().join(format!("distlink-dry-run-{}", std::process::id())));
-    let state_dir = match &scratch {
-        Some(dir) => {
-            let _ = std::fs::remove_dir_all(dir);
-            std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-                path: dir.clone(),
-                source: e,
-            })?;
-            state::copy_record(&cfg.state_dir, dir)?;
-            dir.clone()
+    // (A fresh, unpredictable root-only dir: nobody can plant anything
+    // in it beforehand.)
+    let scratch = match opts.dry_run {
+        true => {
+            let template = std::env::temp_dir().join("distlink-dry-run-XXXXXX");
+            let dir = nix::unistd::mkdtemp(&template).map_err(|e| Error::sys(&template, e))?;
+            Some(dir)
         }
-        None => cfg.state_dir.clone(),
+        false => None,
     };
-    let store = Store::open(&state_dir)?;
+    let store = match (store.take(), &scratch) {
+        (Some(s), _) => s,
+        (None, Some(dir)) => {
+            state::copy_record(&cfg.state_dir, dir)?;
+            Store::open(dir)?
+        }
+        (None, None) => Store::open(&cfg.state_dir)?,
+    };
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
     engine.dry_run = opts.dry_run;
     let young = if engine.store.is_initialized() {

@@ -10,18 +10,21 @@ use rustc_hash::FxHashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::statedir::{PID_NAME, StateDir};
 use rusqlite::{Connection, OpenFlags, params};
 
 use crate::error::{Error, Result};
 use crate::few::Few;
-use crate::fsops::FileId;
+use crate::fsops::{self, FileId};
 
 pub const DB_NAME: &str = "state.db";
-const LOCK_NAME: &str = "lock";
+/// SQLite's rollback journal beside the database, during a commit.
+const DB_JOURNAL_NAME: &str = "state.db-journal";
 /// What was linked since the last commit (see [`Store::journal_distributed`]).
 pub const JOURNAL_NAME: &str = "links.journal";
 /// 2: files carry the commit sequence that recorded them (`seq`) and their
@@ -69,6 +72,8 @@ enum Op {
     Different(Version, Version),
     ForgetDifferent(Version, Version),
     Initialized,
+    /// A write that proves the record can be written again.
+    Probe,
 }
 
 /// The hosts one link is owed to. Almost always one, so a sorted `Vec`
@@ -337,8 +342,7 @@ pub fn read_stamps(state_dir: &Path) -> Result<Stamps> {
 /// commits, and the links journal) from `from` into the dir `to`, for a
 /// dry run to work on.
 pub fn copy_record(from: &Path, to: &Path) -> Result<()> {
-    let wal = format!("{DB_NAME}-wal");
-    for name in [DB_NAME, &wal, JOURNAL_NAME] {
+    for name in [DB_NAME, DB_JOURNAL_NAME, JOURNAL_NAME] {
         let src = from.join(name);
         if src.exists() {
             std::fs::copy(&src, to.join(name)).map_err(|e| Error::Io {
@@ -353,14 +357,86 @@ pub fn copy_record(from: &Path, to: &Path) -> Result<()> {
 /// The pid of the process holding the state lock (a running daemon, or a
 /// `sync`/`migrate` in progress), if any.
 pub fn lock_holder(state_dir: &Path) -> Option<u32> {
-    let path = state_dir.join(LOCK_NAME);
-    let file = File::open(&path).ok()?;
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        Ok(_) => None,
-        Err((mut f, _)) => {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut f, &mut s);
-            Some(s.trim().parse().unwrap_or(0))
+    // A read-only question: nothing is created.
+    if !state_dir.is_dir() {
+        return None;
+    }
+    StateDir::open(state_dir).ok()?.holder()
+}
+
+/// The identity of the root a record describes: what survives a reboot
+/// (device numbers may not, e.g. device-mapper minors) and tells another
+/// filesystem, an empty mount point or a copy apart: the filesystem type,
+/// the root dir's inode and birth time, and, where there is no birth time,
+/// the filesystem id (`f_fsid`, from the UUID on ext4 and btrfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootId {
+    pub fs_type: i64,
+    pub ino: u64,
+    pub birth: Option<i64>,
+    pub fsid: u64,
+    pub dev: u64,
+}
+
+impl RootId {
+    /// The identity of the open directory `fd`.
+    pub fn of(fd: std::os::fd::BorrowedFd<'_>) -> std::result::Result<RootId, nix::errno::Errno> {
+        let st = fsops::stat_fd(fd)?;
+        let fs = nix::sys::statfs::fstatfs(fd)?;
+        let vfs = nix::sys::statvfs::fstatvfs(fd)?;
+        Ok(RootId {
+            fs_type: fs.filesystem_type().0 as i64,
+            ino: st.ino,
+            birth: fsops::birth_time(fd)?,
+            fsid: vfs.filesystem_id() as u64,
+            dev: st.dev,
+        })
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "type={:#x} ino={} birth={} fsid={:#x} dev={:#x}",
+            self.fs_type,
+            self.ino,
+            self.birth.map_or("none".to_string(), |b| b.to_string()),
+            self.fsid,
+            self.dev
+        )
+    }
+
+    fn decode(s: &str) -> Option<RootId> {
+        let mut id = RootId {
+            fs_type: 0,
+            ino: 0,
+            birth: None,
+            fsid: 0,
+            dev: 0,
+        };
+        let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok();
+        for part in s.split_whitespace() {
+            let (k, v) = part.split_once('=')?;
+            match k {
+                "type" => id.fs_type = hex(v)? as i64,
+                "ino" => id.ino = v.parse().ok()?,
+                "birth" if v == "none" => id.birth = None,
+                "birth" => id.birth = Some(v.parse().ok()?),
+                "fsid" => id.fsid = hex(v)?,
+                "dev" => id.dev = hex(v)?,
+                _ => {}
+            }
+        }
+        Some(id)
+    }
+
+    /// Whether `self` (recorded) describes the root `now`.
+    pub fn same_root(&self, now: &RootId) -> bool {
+        if self.fs_type != now.fs_type || self.ino != now.ino {
+            return false;
+        }
+        match (self.birth, now.birth) {
+            (Some(a), Some(b)) => a == b,
+            _ if self.fsid != 0 && now.fsid != 0 => self.fsid == now.fsid,
+            _ => self.dev == now.dev,
         }
     }
 }
@@ -369,7 +445,8 @@ pub fn lock_holder(state_dir: &Path) -> Option<u32> {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    _lock: Flock<File>,
+    dir: StateDir,
+    _lock: Flock<OwnedFd>,
     rec: Record,
     ops: Vec<Op>,
     /// Opened for appending; emptied by every commit.
@@ -377,11 +454,31 @@ pub struct Store {
     journal_path: PathBuf,
     /// Whether the journal holds entries the record does not have yet.
     journal_dirty: bool,
+    /// Why the record cannot be written now (None: it can). While it is
+    /// set, nothing is linked: no link is made that cannot be recorded.
+    failing: Option<String>,
+    /// (dev, ino) of the database and the links journal as opened: a file
+    /// deleted or replaced behind distlink's back is noticed.
+    files: StateFiles,
 }
+
+/// (dev, ino) of the database and of the links journal, where they exist.
+type StateFiles = (Option<(u64, u64)>, Option<(u64, u64)>);
 
 /// One entry of the links journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
+    /// About to link (name, generation) into `targets`: written before the
+    /// links, and nothing is linked unless it was. Followed by a
+    /// `Distributed` or `Paid` entry once the links are made; one found
+    /// alone (the process died among its links) leaves every target owed
+    /// (an owed link is only made to a host that still lacks the name).
+    Intent {
+        name: OsString,
+        id: FileId,
+        size: u64,
+        targets: Vec<String>,
+    },
     /// A new generation was linked into every host in scope but `failed`.
     Distributed {
         name: OsString,
@@ -397,6 +494,7 @@ enum Entry {
     },
 }
 
+const KIND_INTENT: u8 = b'I';
 const KIND_DISTRIBUTED: u8 = b'D';
 const KIND_PAID: u8 = b'P';
 
@@ -412,6 +510,12 @@ impl Entry {
     /// little-endian, strings as `u32` length + bytes.
     fn encode(&self) -> Vec<u8> {
         let (kind, name, id, size, hosts) = match self {
+            Entry::Intent {
+                name,
+                id,
+                size,
+                targets,
+            } => (KIND_INTENT, name, id, *size, targets),
             Entry::Distributed {
                 name,
                 id,
@@ -493,6 +597,12 @@ impl Entry {
         }
         let id = FileId { ino, birth };
         let e = match kind {
+            KIND_INTENT => Entry::Intent {
+                name,
+                id,
+                size,
+                targets: hosts,
+            },
             KIND_DISTRIBUTED => Entry::Distributed {
                 name,
                 id,
@@ -522,74 +632,40 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
 
 impl Store {
     /// Opens (creating if needed) the record in `state_dir` and takes the
-    /// exclusive lock; a second writer is refused.
+    /// exclusive lock; a second writer is refused. The state dir must be
+    /// root's alone (see [`StateDir`]); nothing in it is opened through a
+    /// symlink.
     pub fn open(state_dir: &Path) -> Result<Store> {
-        if !state_dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(state_dir)
-                .map_err(|e| Error::Io {
-                    path: state_dir.to_path_buf(),
-                    source: e,
-                })?;
+        let dir = StateDir::open(state_dir)?;
+        let lock = dir.lock()?;
+        for name in [DB_NAME, DB_JOURNAL_NAME, JOURNAL_NAME, PID_NAME] {
+            dir.check_file(name)?;
         }
-        let lock_path = state_dir.join(LOCK_NAME);
-        let lock_file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::Io {
-                path: lock_path.clone(),
-                source: e,
-            })?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            if e == nix::errno::Errno::EWOULDBLOCK {
-                Error::Refused(format!(
-                    "another distlink process holds the state lock {} (is the daemon running?)",
-                    lock_path.display()
-                ))
-            } else {
-                Error::sys(&lock_path, e)
-            }
-        })?;
-        // Tell `status` who holds the lock.
-        let mut lock = lock;
-        let _ = lock.set_len(0);
-        let _ = std::io::Write::write_all(&mut *lock, std::process::id().to_string().as_bytes());
-        let path = state_dir.join(DB_NAME);
+        let path = dir.path.join(DB_NAME);
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )
         .map_err(db_err(&path))?;
-        let journal_path = state_dir.join(JOURNAL_NAME);
-        let journal = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .read(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&journal_path)
-                .map_err(|e| Error::Io {
-                    path: journal_path.clone(),
-                    source: e,
-                })?
-        };
+        let journal_path = dir.path.join(JOURNAL_NAME);
+        let journal = dir
+            .create_file(OsStr::new(JOURNAL_NAME), 0o600, false)
+            .map_err(|e| Error::sys(&journal_path, e))?;
         let mut store = Store {
             conn,
             path,
+            dir,
             _lock: lock,
             rec: Record::default(),
             ops: Vec::new(),
             journal,
             journal_path,
             journal_dirty: false,
+            failing: None,
+            files: (None, None),
         };
         store.setup().map_err(|e| match e {
             Error::State { path, message } => Error::Refused(format!(
@@ -600,8 +676,72 @@ impl Store {
             )),
             e => e,
         })?;
+        store.files = store.file_ids();
         store.replay_journal()?;
         Ok(store)
+    }
+
+    /// Opens the record of the root `root` (held open as `root_fd`): the
+    /// state dir must lie outside it, and the record must describe it
+    /// (see [`RootId`]). With `rebind` (`sync --adopt`, an admin's explicit
+    /// act) a record made for another root is bound to this one.
+    pub fn open_for_root(
+        state_dir: &Path,
+        root: &Path,
+        root_fd: std::os::fd::BorrowedFd<'_>,
+        rebind: bool,
+    ) -> Result<Store> {
+        let rst = fsops::stat_fd(root_fd).map_err(|e| Error::sys(root, e))?;
+        // Refused before anything is created inside the root.
+        StateDir::open_outside(state_dir, Some((root, (rst.dev, rst.ino))))?;
+        let mut store = Store::open(state_dir)?;
+        let now = RootId::of(root_fd).map_err(|e| Error::sys(root, e))?;
+        store.bind_root(root, &now, rebind)?;
+        Ok(store)
+    }
+
+    fn bind_root(&mut self, root: &Path, now: &RootId, rebind: bool) -> Result<()> {
+        let e = db_err(&self.path);
+        let recorded: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'root'", [], |r| {
+                r.get(0)
+            })
+            .ok();
+        let was = recorded.as_deref().and_then(RootId::decode);
+        match was {
+            // Unchanged.
+            Some(w) if w == *now => return Ok(()),
+            // Same root; a device number or fsid moved (a reboot).
+            Some(w) if w.same_root(now) => {}
+            Some(w) if !rebind => {
+                return Err(Error::Refused(format!(
+                    "the record in {} describes another root than {} ({}; now {}): is the \
+                     distfiles filesystem mounted? distlink will not reuse it, or its prunes \
+                     would be undone. If the root was moved or restored on purpose, run \
+                     `distlink sync --adopt` to bind the record to it (every file now in the \
+                     host dirs then counts as distributed)",
+                    self.path.display(),
+                    root.display(),
+                    w.encode(),
+                    now.encode()
+                )));
+            }
+            Some(_) => {
+                tracing::warn!(root = %root.display(), "record bound to this root (sync --adopt)")
+            }
+            None if self.rec.initialized => {
+                tracing::info!(root = %root.display(), "record bound to this root (it did not say which it described)")
+            }
+            None => {}
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('root', ?1)",
+                params![now.encode()],
+            )
+            .map_err(&e)?;
+        Ok(())
     }
 
     /// Takes into the record (in memory; written by the next commit) what
@@ -624,27 +764,50 @@ impl Store {
                 "links journal ends in an unreadable entry; it is ignored");
         }
         let n = entries.len();
+        // Intents not followed by their outcome: the process died among
+        // those links.
+        let mut open: Vec<((OsString, FileId), Vec<String>)> = Vec::new();
         for e in entries {
             match e {
+                Entry::Intent {
+                    name,
+                    id,
+                    size,
+                    targets,
+                } => {
+                    if !self.is_known(&name, id) {
+                        self.record(&name, id, size, None);
+                    }
+                    open.push(((name, id), targets));
+                }
                 Entry::Distributed {
                     name,
                     id,
                     size,
                     failed,
                 } => {
+                    open.retain(|(k, _)| *k != (name.clone(), id));
                     if !self.is_known(&name, id) {
                         self.record(&name, id, size, None);
-                        for h in &failed {
-                            if self.rec.hosts.contains(h) {
-                                self.owe(&name, id, h);
-                            }
+                    }
+                    for h in &failed {
+                        if self.rec.hosts.contains(h) {
+                            self.owe(&name, id, h);
                         }
                     }
                 }
                 Entry::Paid { name, id, hosts } => {
+                    open.retain(|(k, _)| *k != (name.clone(), id));
                     for h in &hosts {
                         self.paid(&name, id, h);
                     }
+                }
+            }
+        }
+        for ((name, id), targets) in open {
+            for h in &targets {
+                if self.rec.hosts.contains(h) {
+                    self.owe(&name, id, h);
                 }
             }
         }
@@ -656,12 +819,16 @@ impl Store {
 
     fn journal_append(&mut self, e: &Entry) -> Result<()> {
         // One write: a process killed after it has the whole entry or none.
-        std::io::Write::write_all(&mut self.journal, &e.encode()).map_err(|err| Error::Io {
-            path: self.journal_path.clone(),
-            source: err,
-        })?;
-        self.journal_dirty = true;
-        Ok(())
+        let res =
+            std::io::Write::write_all(&mut self.journal, &e.encode()).map_err(|err| Error::Io {
+                path: self.journal_path.clone(),
+                source: err,
+            });
+        match res {
+            Ok(()) => self.journal_dirty = true,
+            Err(ref e) => self.failed(e),
+        }
+        res
     }
 
     /// Notes, right after the links were made and before the record is
@@ -685,11 +852,26 @@ impl Store {
         })
     }
 
+    /// Notes, before any link is made, that (name, generation) is about to
+    /// be linked into `targets`. An error means nothing may be linked (the
+    /// store is failing: see [`Store::can_record`]).
+    pub fn journal_intent(
+        &mut self,
+        name: &OsStr,
+        id: FileId,
+        size: u64,
+        targets: &[&str],
+    ) -> Result<()> {
+        self.journal_append(&Entry::Intent {
+            name: name.to_os_string(),
+            id,
+            size,
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
     /// Like [`Store::journal_distributed`], for owed links made to `hosts`.
     pub fn journal_paid(&mut self, name: &OsStr, id: FileId, hosts: &[&str]) -> Result<()> {
-        if hosts.is_empty() {
-            return Ok(());
-        }
         self.journal_append(&Entry::Paid {
             name: name.to_os_string(),
             id,
@@ -697,11 +879,13 @@ impl Store {
         })
     }
 
-    fn setup(&mut self) -> Result<()> {
-        let p = self.path.clone();
-        let e = db_err(&p);
+    /// A rollback journal (no `-shm` file mapped into memory, which a full
+    /// filesystem turns into SIGBUS; readers need no write access), synced
+    /// at every commit.
+    fn pragmas(&mut self) -> Result<()> {
+        let e = db_err(&self.path);
         self.conn
-            .pragma_update(None, "journal_mode", "WAL")
+            .pragma_update(None, "journal_mode", "DELETE")
             .map_err(&e)?;
         self.conn
             .pragma_update(None, "synchronous", "FULL")
@@ -709,6 +893,13 @@ impl Store {
         self.conn
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(&e)?;
+        Ok(())
+    }
+
+    fn setup(&mut self) -> Result<()> {
+        let p = self.path.clone();
+        let e = db_err(&p);
+        self.pragmas()?;
         self.conn.execute_batch(SCHEMA).map_err(&e)?;
         let version: Option<String> = self
             .conn
@@ -1016,7 +1207,36 @@ impl Store {
     }
 
     /// Writes every queued change in one transaction.
+    /// While it cannot (a full or failing filesystem, immutable files),
+    /// [`Store::can_record`] is false; the first commit that succeeds again
+    /// clears it.
     pub fn commit(&mut self) -> Result<()> {
+        if self.failing.is_some() {
+            // Resume only on proof: a real write to the database and to the
+            // links journal (a no-op entry; the commit empties it).
+            if !matches!(self.ops.last(), Some(Op::Probe)) {
+                self.ops.push(Op::Probe);
+            }
+            let probe = Entry::Paid {
+                name: OsString::new(),
+                id: FileId { ino: 0, birth: 0 },
+                hosts: Vec::new(),
+            };
+            self.journal_append(&probe)?;
+        }
+        let res = self.check_files().and_then(|()| self.commit_now());
+        match &res {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    tracing::info!(path = %self.path.display(), "the record can be written again; distribution resumes");
+                }
+            }
+            Err(e) => self.failed(e),
+        }
+        res
+    }
+
+    fn commit_now(&mut self) -> Result<()> {
         self.commit_ops()?;
         if self.journal_dirty {
             // The record now holds all the journal told.
@@ -1026,6 +1246,89 @@ impl Store {
             })?;
             self.journal_dirty = false;
         }
+        Ok(())
+    }
+
+    /// Whether the record can be written now. While it cannot, nothing is
+    /// linked (a link that cannot be recorded could undo a prune after a
+    /// crash); the daemon retries the commit until it works.
+    pub fn can_record(&self) -> bool {
+        self.failing.is_none()
+    }
+
+    /// The record cannot be written: said once, until it can again.
+    fn failed(&mut self, e: &Error) {
+        if self.failing.is_none() {
+            tracing::error!(error = %e, "cannot write the record: distribution pauses (nothing is linked that could not be recorded) and resumes by itself once it can be written");
+        }
+        self.failing = Some(e.to_string());
+    }
+
+    /// The files of the record as they are now in the state dir.
+    fn file_ids(&self) -> StateFiles {
+        (self.dir.file_id(DB_NAME), self.dir.file_id(JOURNAL_NAME))
+    }
+
+    /// Before each commit: the state dir and its files must still be the
+    /// ones held open. A database deleted or replaced behind distlink's
+    /// back is written again from the copy the connection still holds
+    /// open; a links journal, recreated (what it held is also in the
+    /// pending changes this commit writes).
+    fn check_files(&mut self) -> Result<()> {
+        if !self.dir.is_current() {
+            return Err(Error::State {
+                path: self.dir.path.clone(),
+                message: "the state dir was removed or replaced while distlink ran; restart it \
+                          (the record it holds is written there then)"
+                    .into(),
+            });
+        }
+        let (db, journal) = self.file_ids();
+        if db != self.files.0 {
+            tracing::warn!(path = %self.path.display(), "the record was deleted or replaced while distlink ran; writing it again from the copy distlink holds open");
+            self.rebuild_db()?;
+        }
+        if journal != self.files.1 {
+            tracing::warn!(path = %self.journal_path.display(), "the links journal was deleted or replaced while distlink ran; starting a new one");
+            self.journal = self
+                .dir
+                .create_file(OsStr::new(JOURNAL_NAME), 0o600, false)
+                .map_err(|e| Error::sys(&self.journal_path, e))?;
+            self.journal_dirty = true;
+        }
+        self.files = self.file_ids();
+        Ok(())
+    }
+
+    /// Copies the open database (`VACUUM INTO`) to a new file, moves it
+    /// into place and reopens it.
+    fn rebuild_db(&mut self) -> Result<()> {
+        const TMP: &str = "state.db.rebuild";
+        let path = self.path.clone();
+        let e = db_err(&path);
+        let tmp = self.dir.path.join(TMP);
+        let _ = fsops::unlink_at(self.dir.fd(), OsStr::new(TMP));
+        self.conn
+            .execute("VACUUM INTO ?1", params![tmp.to_string_lossy()])
+            .map_err(&e)?;
+        fsops::fsync_fd(
+            self.dir
+                .open_file(OsStr::new(TMP), false)
+                .map_err(|er| Error::sys(&tmp, er))?
+                .as_fd(),
+        )
+        .map_err(|er| Error::sys(&tmp, er))?;
+        nix::fcntl::renameat(self.dir.fd(), TMP, self.dir.fd(), DB_NAME)
+            .map_err(|er| Error::sys(&self.path, er))?;
+        let _ = fsops::fsync_fd(self.dir.fd());
+        self.conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(&e)?;
+        self.pragmas()?;
         Ok(())
     }
 
@@ -1105,6 +1408,10 @@ impl Store {
                     params![a.ino as i64, a.birth, b.ino as i64, b.birth],
                 ),
                 Op::ClearConflicts(n) => tx.execute("DELETE FROM conflicts WHERE name = ?1", params![n.as_bytes()]),
+                Op::Probe => tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('probed_at', ?1)",
+                    params![now.to_string()],
+                ),
                 Op::Initialized => tx.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('initialized', ?1)",
                     params![now.to_string()],
@@ -1238,6 +1545,36 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert!(s.absent().is_empty() && s.hosts().contains("c"));
+    }
+
+    #[test]
+    fn an_intent_without_its_outcome_leaves_its_targets_owed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        for h in ["a", "b", "c"] {
+            s.add_host(h);
+        }
+        s.commit().unwrap();
+        // Completed: b and c got it.
+        s.journal_intent(OsStr::new("done"), id(1), 1, &["b", "c"])
+            .unwrap();
+        s.journal_distributed(OsStr::new("done"), id(1), 1, &[])
+            .unwrap();
+        // The process dies among the links of this one.
+        s.journal_intent(OsStr::new("cut"), id(2), 2, &["b", "c"])
+            .unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.is_known(OsStr::new("done"), id(1)));
+        assert!(s.is_known(OsStr::new("cut"), id(2)));
+        assert_eq!(
+            s.owed(),
+            vec![(
+                OsString::from("cut"),
+                id(2),
+                vec!["b".to_string(), "c".to_string()]
+            )]
+        );
     }
 
     #[test]

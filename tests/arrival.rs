@@ -138,7 +138,7 @@ fn different_content_under_one_name_is_a_conflict_and_both_stay_untouched() {
     assert_eq!(env.ino("b", "reroll.tar.gz"), v2);
     assert!(d.stop().success());
     // The conflict is in the record, for status/check.
-    let db = env.root.join(".distlink/state.db");
+    let db = env.state.join("state.db");
     let conn = rusqlite::Connection::open(db).unwrap();
     let n: i64 = conn
         .query_row("SELECT count(*) FROM conflicts", [], |r| r.get(0))

@@ -188,9 +188,9 @@ fn a_garbage_record_is_refused_rather_than_guessed_around() {
     env.fetch("a", "f", b"f");
     env.wait_everywhere("f");
     assert!(d.stop().success());
-    let db = env.root.join(".distlink/state.db");
+    let db = env.state.join("state.db");
     fs::write(&db, vec![0x5au8; 8192]).unwrap();
-    let _ = fs::remove_file(env.root.join(".distlink/state.db-wal"));
+    let _ = fs::remove_file(env.state.join("state.db-journal"));
     let out = env.command("run", &[]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

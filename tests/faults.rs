@@ -166,8 +166,6 @@ fn a_full_filesystem_is_reported_and_recovered_from() {
     }
     let mut env = env;
     env.hosts = vec!["a".into(), "b".into()];
-    let state = env.tmp.path().join("state");
-    env.extra = vec!["--state-dir".into(), state.display().to_string()];
     let d = env.start();
     // Fill the inode table with ballast.
     fs::create_dir(root.join("ballast")).unwrap();
@@ -199,16 +197,14 @@ fn a_deleted_or_truncated_record_is_refused_with_the_way_on() {
         env.wait_everywhere("f");
         fs::remove_file(env.path("b", "f")).unwrap(); // a prune the record knows of
         assert!(d.stop().success());
-        let db = env.root.join(".distlink/state.db");
+        let db = env.state.join("state.db");
         match damage {
             "delete" => {
                 fs::remove_file(&db).unwrap();
-                let _ = fs::remove_file(env.root.join(".distlink/state.db-wal"));
-                let _ = fs::remove_file(env.root.join(".distlink/state.db-shm"));
+                let _ = fs::remove_file(env.state.join("state.db-journal"));
             }
             _ => {
-                let _ = fs::remove_file(env.root.join(".distlink/state.db-wal"));
-                let _ = fs::remove_file(env.root.join(".distlink/state.db-shm"));
+                let _ = fs::remove_file(env.state.join("state.db-journal"));
                 fs::File::options()
                     .write(true)
                     .open(&db)

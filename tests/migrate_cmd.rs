@@ -188,7 +188,7 @@ fn dry_run_changes_nothing_not_even_the_record() {
     assert_eq!(r["deduplicated"], 1);
     assert_eq!(env.snapshot(), before);
     assert_eq!(fs::read_dir(&flat).unwrap().count(), flat_before.len());
-    assert!(!env.root.join(".distlink/state.db").exists());
+    assert!(!env.state.join("state.db").exists());
     assert!(
         !err.contains('\r'),
         "no progress bar when stderr is not a terminal"
@@ -294,7 +294,7 @@ fn a_dry_run_after_a_kill_9_sees_the_links_journal_and_keeps_a_prune() {
     let flat = env.tmp.path().join("empty-flat");
     fs::create_dir(&flat).unwrap();
     let before = env.snapshot();
-    let journal = env.root.join(".distlink/links.journal");
+    let journal = env.state.join("links.journal");
     let journal_before = fs::read(&journal).unwrap();
     assert!(
         !journal_before.is_empty(),

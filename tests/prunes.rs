@@ -72,7 +72,7 @@ fn a_prune_of_every_copy_frees_the_record_entry() {
     fs::remove_file(env.path("a", "tmp1")).unwrap();
     fs::remove_file(env.path("b", "tmp1")).unwrap();
     assert!(env.sync(&[]).status.success());
-    let conn = rusqlite::Connection::open(env.root.join(".distlink/state.db")).unwrap();
+    let conn = rusqlite::Connection::open(env.state.join("state.db")).unwrap();
     let n: i64 = conn
         .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
         .unwrap();

@@ -13,8 +13,9 @@ use std::time::Duration;
 fn write_config(env: &Env, hosts: &[&str], extra: &str) -> std::path::PathBuf {
     let list: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
     env.config(&format!(
-        "root = \"{}\"\nhosts = [{}]\n{extra}",
+        "root = \"{}\"\nstate_dir = \"{}\"\nhosts = [{}]\n{extra}",
         env.root.display(),
+        env.state.display(),
         list.join(", ")
     ))
 }

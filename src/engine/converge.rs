@@ -61,6 +61,15 @@ impl Engine {
         if ost.ino != expect.ino || ost.dev != expect.dev || ineligible(&ost).is_some() {
             return Err(self.ferr(origin, name, "changed while being looked at", Errno::ESTALE));
         }
+        if !self.dry_run && !self.store.can_record() {
+            // No link, no merge, that could not be recorded.
+            return Err(self.ferr(
+                origin,
+                name,
+                "the record cannot be written; not distributed yet",
+                Errno::EAGAIN,
+            ));
+        }
 
         // Survey the hosts in scope.
         let mut lacking = Vec::new();
@@ -156,6 +165,27 @@ impl Engine {
         if mode == Mode::Owed {
             identical.clear();
             different.clear();
+        }
+        if matches!(mode, Mode::Arrival | Mode::Owed) && !self.dry_run {
+            // Before any link: until the record is committed, the journal
+            // tells a restart what is being linked where. Not written, not
+            // linked.
+            let targets: Vec<&str> = lacking
+                .iter()
+                .map(|&h| self.layout.hosts[h].name.as_str())
+                .collect();
+            if let Err(e) = self
+                .store
+                .journal_intent(name, wst.id(), wst.size, &targets)
+            {
+                tracing::debug!(error = %e, "links journal not written; nothing linked");
+                return Err(self.ferr(
+                    origin,
+                    name,
+                    "the links journal cannot be written; not distributed yet",
+                    Errno::EAGAIN,
+                ));
+            }
         }
         for h in lacking {
             if self.dry_run {
@@ -277,8 +307,8 @@ impl Engine {
             failed.push(f.host);
         }
         if mode == Mode::Arrival && !self.dry_run {
-            // Until the record is committed, the journal tells a restart
-            // which hosts had it: one lacking it then has pruned it.
+            // Done: the generation is distributed, a host lacking it from
+            // now on has pruned it; the hosts whose link failed are owed it.
             let names: Vec<&str> = failed
                 .iter()
                 .map(|&h| self.layout.hosts[h].name.as_str())
@@ -287,7 +317,7 @@ impl Engine {
                 .store
                 .journal_distributed(name, wst.id(), wst.size, &names)
             {
-                tracing::warn!(error = %e, "cannot write the links journal");
+                tracing::debug!(error = %e, "links journal not written");
             }
         }
         Ok(failed)

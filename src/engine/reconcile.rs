@@ -107,6 +107,11 @@ impl Engine {
         let mut names: Vec<&OsStr> = present.names().collect();
         names.sort();
         for name in names {
+            if !self.dry_run && !self.store.can_record() {
+                // Paused: the next scan, once the record can be written
+                // again, does the rest.
+                break;
+            }
             let holders = present.get(name).unwrap_or_default();
             self.converge_name(name, &holders, now, settle, &mut young);
         }

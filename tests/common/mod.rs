@@ -28,6 +28,8 @@ pub fn bin() -> &'static str {
 pub struct Env {
     pub tmp: tempfile::TempDir,
     pub root: PathBuf,
+    /// The state dir (outside the root, as distlink requires).
+    pub state: PathBuf,
     pub hosts: Vec<String>,
     /// Extra arguments given to every run/sync.
     pub extra: Vec<String>,
@@ -47,9 +49,11 @@ impl Env {
         for h in hosts {
             fs::create_dir(root.join(h)).expect("mkdir host");
         }
+        let state = tmp.path().join("state");
         Env {
             tmp,
             root,
+            state,
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             extra: Vec::new(),
             settle: SETTLE.to_string(),
@@ -65,7 +69,12 @@ impl Env {
     }
 
     pub fn args(&self) -> Vec<String> {
-        let mut a = vec!["--root".to_string(), self.root.display().to_string()];
+        let mut a = vec![
+            "--root".to_string(),
+            self.root.display().to_string(),
+            "--state-dir".to_string(),
+            self.state.display().to_string(),
+        ];
         for h in &self.hosts {
             a.push("--host".into());
             a.push(h.clone());
@@ -90,6 +99,8 @@ impl Env {
         c.arg(sub)
             .arg("--root")
             .arg(&self.root)
+            .arg("--state-dir")
+            .arg(&self.state)
             .arg("--hosts")
             .arg(self.hosts.join(","))
             .args(["--settle", &self.settle])

@@ -1,0 +1,340 @@
+//! The state dir: where the record lives. distlink runs as root and the
+//! record decides what is linked where, so the state dir and everything in
+//! it must belong to root and nobody else may be able to write or replace
+//! them. Opened once, from `/` down, one directory fd at a time without
+//! following a symlink after the administrator's own path is resolved; each
+//! step is checked (owner root; no write permission for any other user, or
+//! for a group other than root's, unless the sticky bit keeps others from
+//! replacing what root owns). Files in it are only ever opened relative to
+//! the held fd with `O_NOFOLLOW`. The single-writer lock is a `flock` on
+//! the directory's own fd: removing a file cannot get around it.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::error::{Error, Result};
+use crate::fsops;
+
+/// Written by the lock holder: its pid, for `status`.
+pub const PID_NAME: &str = "pid";
+
+/// The state dir, held open and checked.
+#[derive(Debug)]
+pub struct StateDir {
+    pub path: PathBuf,
+    fd: OwnedFd,
+    /// (dev, ino) of the state dir and of each of its ancestors up to `/`.
+    chain: Vec<(u64, u64)>,
+}
+
+fn refused_unsafe(path: &Path, st: &nix::sys::stat::FileStat, why: &str) -> Error {
+    Error::Refused(format!(
+        "state dir: {} {why} (owner uid {}, gid {}, mode {:04o}); the record decides what is linked \
+         where, so no user but root may be able to change or replace it. Fix: `chown root:root {p}` \
+         and `chmod go-w {p}`, or choose a state_dir under a root-only directory such as \
+         /var/lib/distlink",
+        path.display(),
+        st.st_uid,
+        st.st_gid,
+        st.st_mode & 0o7777,
+        p = path.display()
+    ))
+}
+
+/// Whether a user other than root could create, rename or remove entries
+/// in this directory, or write this file.
+fn writable_by_others(st: &nix::sys::stat::FileStat) -> bool {
+    let m = st.st_mode;
+    m & 0o002 != 0 || (m & 0o020 != 0 && st.st_gid != 0)
+}
+
+/// Root, and the user distlink runs as (root in service; anyone trying
+/// it out on a demo root of their own).
+fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+fn check_owned_by_root(path: &Path, st: &nix::sys::stat::FileStat, is_dir: bool) -> Result<()> {
+    if !trusted_owner(st.st_uid) {
+        return Err(refused_unsafe(path, st, "is not owned by root"));
+    }
+    if writable_by_others(st) {
+        // A sticky directory (like /tmp) lets others add entries but not
+        // rename or remove root's: the next step is checked on its own.
+        let sticky = is_dir && st.st_mode & 0o1000 != 0;
+        if !sticky {
+            return Err(refused_unsafe(
+                path,
+                st,
+                "can be written by users other than root",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl StateDir {
+    /// Opens (creating it, root-only, when missing) the state dir at `path`
+    /// and checks it and every directory above it.
+    pub fn open(path: &Path) -> Result<StateDir> {
+        StateDir::open_outside(path, None)
+    }
+
+    /// [`StateDir::open`], refusing (before creating anything) a state dir
+    /// that is the directory `outside` (dev, ino) or lies inside it.
+    pub fn open_outside(path: &Path, outside: Option<(&Path, (u64, u64))>) -> Result<StateDir> {
+        if !path.is_absolute() {
+            return Err(Error::Config(format!(
+                "state_dir: {} is not an absolute path",
+                path.display()
+            )));
+        }
+        // Symlinks in the administrator's own path are resolved once, here;
+        // every directory of the result is then checked.
+        let real = match std::fs::canonicalize(path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = path.parent().ok_or_else(|| {
+                    Error::Config(format!("state_dir: {} has no parent", path.display()))
+                })?;
+                // The parent is created (and checked) first, then this dir.
+                let dir = StateDir::open_outside(parent, outside)?;
+                let name = path.file_name().ok_or_else(|| {
+                    Error::Config(format!("state_dir: {} has no name", path.display()))
+                })?;
+                match fsops::mkdir_at(dir.fd(), name, 0o700) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(Error::sys(path, e)),
+                }
+                dir.path.join(name)
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                });
+            }
+        };
+        let mut fd = fsops::open_dir_path(Path::new("/")).map_err(|e| Error::sys("/", e))?;
+        let mut at = PathBuf::from("/");
+        let mut chain = Vec::new();
+        let step = |fd: &OwnedFd, at: &Path| -> Result<(u64, u64)> {
+            let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| Error::sys(at, e))?;
+            check_owned_by_root(at, &st, true)?;
+            Ok((st.st_dev, st.st_ino))
+        };
+        chain.push(step(&fd, &at)?);
+        for c in real.components() {
+            let Component::Normal(name) = c else {
+                continue;
+            };
+            at.push(name);
+            let next = fsops::open_dir_at(fd.as_fd(), name).map_err(|e| match e {
+                Errno::ELOOP | Errno::ENOTDIR => Error::Refused(format!(
+                    "state dir: {} is not a directory (or was replaced by a symlink while being \
+                     opened)",
+                    at.display()
+                )),
+                e => Error::sys(&at, e),
+            })?;
+            fd = next;
+            chain.push(step(&fd, &at)?);
+        }
+        // The state dir itself: nobody else may even add entries to it.
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| Error::sys(&at, e))?;
+        if writable_by_others(&st) {
+            return Err(refused_unsafe(
+                &at,
+                &st,
+                "can be written by users other than root",
+            ));
+        }
+        chain.reverse();
+        let dir = StateDir {
+            path: at,
+            fd,
+            chain,
+        };
+        if let Some((what, id)) = outside {
+            dir.refuse_inside("the root", what, id)?;
+        }
+        Ok(dir)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Refuses a state dir that is the directory `(dev, ino)` (the root)
+    /// or lies anywhere inside it: clients write there.
+    pub fn refuse_inside(&self, what: &str, dir: &Path, id: (u64, u64)) -> Result<()> {
+        if self.chain.contains(&id) {
+            return Err(Error::Refused(format!(
+                "state dir {} lies inside {what} {} (compared by identity, not by path), where \
+                 clients and portage write; choose a state_dir outside it, such as \
+                 /var/lib/distlink",
+                self.path.display(),
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Takes the single-writer lock: an exclusive `flock` on the state
+    /// dir's own fd, held as long as the returned fd lives; writes this
+    /// process's pid into [`PID_NAME`] for `status`.
+    pub fn lock(&self) -> Result<Flock<OwnedFd>> {
+        let fd = nix::fcntl::openat(
+            self.fd(),
+            c".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::sys(&self.path, e))?;
+        let lock = match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let pid = self
+                    .read_pid()
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default();
+                return Err(Error::Refused(format!(
+                    "another distlink process{pid} holds the lock on the state dir {} (is the \
+                     daemon running?)",
+                    self.path.display()
+                )));
+            }
+            Err((_, e)) => return Err(Error::sys(&self.path, e)),
+        };
+        let pid = std::process::id().to_string();
+        let written = self
+            .create_file(OsStr::new(PID_NAME), 0o644, true)
+            .and_then(|f| {
+                std::io::Write::write_all(&mut &f, pid.as_bytes())
+                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            });
+        if let Err(e) = written {
+            tracing::warn!(path = %self.path.join(PID_NAME).display(), error = %e, "cannot write the pid file");
+        }
+        Ok(lock)
+    }
+
+    /// The pid of the process holding the lock, if one does.
+    pub fn holder(&self) -> Option<u32> {
+        let fd = nix::fcntl::openat(
+            self.fd(),
+            c".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        match Flock::lock(fd, FlockArg::LockSharedNonblock) {
+            Ok(_) => None,
+            Err(_) => Some(self.read_pid().unwrap_or(0)),
+        }
+    }
+
+    fn read_pid(&self) -> Option<u32> {
+        let f = self.open_file(OsStr::new(PID_NAME), false).ok()?;
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut &f, &mut s).ok()?;
+        s.trim().parse().ok()
+    }
+
+    /// Opens `name` in the state dir without following a symlink, checking
+    /// that it is a regular file owned by root that no one else can write.
+    pub fn open_file(
+        &self,
+        name: &OsStr,
+        write: bool,
+    ) -> std::result::Result<std::fs::File, Errno> {
+        let mode = if write {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        let fd = nix::fcntl::openat(
+            self.fd(),
+            name,
+            mode | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = nix::sys::stat::fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EINVAL);
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// Creates or opens `name` for writing (appending or truncating),
+    /// never through a symlink.
+    pub fn create_file(
+        &self,
+        name: &OsStr,
+        mode: u32,
+        truncate: bool,
+    ) -> std::result::Result<std::fs::File, Errno> {
+        let mut flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        flags |= if truncate {
+            OFlag::O_TRUNC
+        } else {
+            OFlag::O_APPEND
+        };
+        let fd = nix::fcntl::openat(self.fd(), name, flags, Mode::from_bits_truncate(mode))?;
+        let st = nix::sys::stat::fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EINVAL);
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// Refuses a file of the state dir that is not a regular file owned by
+    /// root and writable by root alone (when it exists).
+    pub fn check_file(&self, name: &str) -> Result<()> {
+        let path = self.path.join(name);
+        match nix::sys::stat::fstatat(self.fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::sys(&path, e)),
+            Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFREG => Err(Error::Refused(format!(
+                "state file {} is not a regular file (a symlink?); distlink never follows one \
+                 there. Remove it",
+                path.display()
+            ))),
+            Ok(st) => {
+                if !trusted_owner(st.st_uid) || writable_by_others(&st) || st.st_mode & 0o020 != 0 {
+                    return Err(Error::Refused(format!(
+                        "state file {} (owner uid {}, gid {}, mode {:04o}) could have been \
+                         written by a user other than root; distlink will not trust it. Fix: \
+                         `chown root:root {p}` and `chmod 600 {p}` if you are sure nobody else \
+                         changed it, else move it aside",
+                        path.display(),
+                        st.st_uid,
+                        st.st_gid,
+                        st.st_mode & 0o7777,
+                        p = path.display()
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// (dev, ino) of `name` in the state dir, not following a symlink.
+    pub fn file_id(&self, name: &str) -> Option<(u64, u64)> {
+        nix::sys::stat::fstatat(self.fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
+    }
+
+    /// Whether the path still names the directory held open.
+    pub fn is_current(&self) -> bool {
+        let held = nix::sys::stat::fstat(self.fd()).ok();
+        let now = nix::sys::stat::lstat(&self.path).ok();
+        matches!((held, now), (Some(a), Some(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+    }
+}
