@@ -184,6 +184,7 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 fn tree(base: &Path, tag: &str, n: usize) -> (PathBuf, Vec<String>) {
     let root = base.join(tag);
     let _ = fs::remove_dir_all(&root);
+    let _ = fs::remove_dir_all(state_of(&root));
     fs::create_dir_all(&root).expect("root");
     let hosts: Vec<String> = (0..n).map(|i| format!("h{i}")).collect();
     for h in &hosts {
@@ -197,12 +198,21 @@ struct Daemon {
     child: Child,
 }
 
+/// The state dir of a root: beside it (distlink refuses one inside it).
+fn state_of(root: &Path) -> PathBuf {
+    let mut name = root.file_name().unwrap_or_default().to_os_string();
+    name.push(".state");
+    root.with_file_name(name)
+}
+
 impl Daemon {
     fn start(root: &Path, hosts: &[String], extra: &[&str]) -> (Daemon, Duration) {
         let mut cmd = Command::new(bin());
         cmd.arg("run")
             .arg("--root")
             .arg(root)
+            .arg("--state-dir")
+            .arg(state_of(root))
             .args(["--settle", "1s"])
             .args(extra);
         for h in hosts {
@@ -361,6 +371,7 @@ fn bare_links(o: &Opts, n_files: usize, hosts: usize) -> f64 {
     }
     let rate = (n_files * (hosts - 1)) as f64 / t.elapsed().as_secs_f64();
     let _ = fs::remove_dir_all(&root);
+    let _ = fs::remove_dir_all(state_of(&root));
     rate
 }
 
@@ -408,6 +419,7 @@ fn burst(o: &Opts) -> String {
             cpus.push(d.cpu() - cpu0);
             drop(d);
             let _ = fs::remove_dir_all(&root);
+            let _ = fs::remove_dir_all(state_of(&root));
             bare.push(bare_links(o, n, hosts));
         }
         let links = n * (hosts - 1);
@@ -478,6 +490,7 @@ fn baseline(o: &Opts) -> String {
             ms(pct(&lat, 0.5))
         );
         let _ = fs::remove_dir_all(&root);
+        let _ = fs::remove_dir_all(state_of(&root));
 
         // The pipelines.
         let (root, hs) = tree(&o.dir, &format!("base-p{hosts}"), hosts);
@@ -554,6 +567,7 @@ fn baseline(o: &Opts) -> String {
             ms(pct(&lat, 0.5))
         );
         let _ = fs::remove_dir_all(&root);
+        let _ = fs::remove_dir_all(state_of(&root));
     }
     t.push_str("\nCPU s for the pipelines counts their inotifywait, sh and xargs processes (reaped `ln` children included).\n");
     t
@@ -631,7 +645,12 @@ fn reconcile(o: &Opts) -> String {
         }
     }
     let hosts_args = |extra: Option<&str>| {
-        let mut v: Vec<String> = vec!["--root".into(), root.display().to_string()];
+        let mut v: Vec<String> = vec![
+            "--root".into(),
+            root.display().to_string(),
+            "--state-dir".into(),
+            state_of(&root).display().to_string(),
+        ];
         for h in hs.iter().map(String::as_str).chain(extra) {
             v.push("--host".into());
             v.push(h.into());
@@ -647,7 +666,7 @@ fn reconcile(o: &Opts) -> String {
     let mut adopt = vec![];
     let mut adopt_rss = vec![];
     for _ in 0..o.runs {
-        let _ = fs::remove_dir_all(root.join(".distlink"));
+        let _ = fs::remove_dir_all(state_of(&root));
         let _ = fs::remove_dir_all(root.join("new"));
         // (c) nothing recorded yet: sync --adopt takes it as it is.
         let (d, rss, ok) = run_rss(
@@ -718,6 +737,7 @@ fn reconcile(o: &Opts) -> String {
         median(daemon_rss) / 1024.0
     );
     let _ = fs::remove_dir_all(&root);
+    let _ = fs::remove_dir_all(state_of(&root));
     t
 }
 
@@ -791,7 +811,12 @@ fn dedupe(o: &Opts) -> String {
             "distlink migrate",
             Box::new(|r: &Path| {
                 let mut c = Command::new(bin());
-                c.arg("migrate").arg("--root").arg(r).args([
+                c.arg("migrate")
+                    .arg("--root")
+                    .arg(r)
+                    .arg("--state-dir")
+                    .arg(state_of(r))
+                    .args([
                     "--hosts",
                     "h0,h1,h2,h3",
                     "--settle",
@@ -852,6 +877,7 @@ fn dedupe(o: &Opts) -> String {
         for _ in 0..o.runs {
             let run = o.dir.join("dedupe-run");
             let _ = fs::remove_dir_all(&run);
+            let _ = fs::remove_dir_all(state_of(&run));
             let st = Command::new("cp")
                 .arg("-a")
                 .arg(&template)
@@ -864,6 +890,7 @@ fn dedupe(o: &Opts) -> String {
             times.push(d.as_secs_f64());
             inodes = distinct_inodes(&run);
             let _ = fs::remove_dir_all(&run);
+            let _ = fs::remove_dir_all(state_of(&run));
         }
         let m = median(times);
         if base == 0.0 {
