@@ -176,7 +176,10 @@ impl Signals {
 /// `distlink run`: reconcile, then follow events until SIGTERM/SIGINT.
 pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     let mut signals = Signals::install()?;
-    let engine = open_engine(&cfg, false)?;
+    let mut engine = open_engine(&cfg, false)?;
+    // SIGTERM/SIGINT also cut the start-up reconcile (and any later full
+    // scan or seeding) short.
+    engine.stop_on(signals.term.clone());
     let watcher = match cfg.watch {
         WatchMode::Inotify => {
             let mut w = Watcher::new().map_err(|e| Error::Io {
@@ -222,6 +225,11 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         );
     }
     d.starting = Some((young, Instant::now() + d.cfg.settle * 2));
+    if signals.term.load(Ordering::Relaxed) {
+        // Stopped during the start-up: never "ready". What was linked is
+        // recorded now; the next start does the rest.
+        return stop_during_start_up(d);
+    }
     d.announce_when_started()?;
     let res = d.event_loop(&mut signals);
     sd_notify("STOPPING=1");
@@ -595,4 +603,13 @@ impl Daemon {
         self.rescan = true;
         tracing::info!(hosts = self.engine.layout.hosts.len(), "config reloaded");
     }
+}
+
+/// SIGTERM/SIGINT came before "ready": commit what was done and stop.
+fn stop_during_start_up(mut d: Daemon) -> Result<()> {
+    tracing::info!("stopping on signal before start-up completed");
+    sd_notify("STOPPING=1");
+    d.engine.commit()?;
+    tracing::info!("stopped");
+    Ok(())
 }

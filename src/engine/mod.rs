@@ -142,6 +142,9 @@ pub struct Engine {
     /// before its group commit leaves exactly this: links everywhere, no
     /// record, a file still young at the restart.)
     held_young: rustc_hash::FxHashMap<(OsString, fsops::FileId), Vec<String>>,
+    /// Set (by a signal handler) when the process is asked to stop: the
+    /// long loops return early, leaving the rest to the next start.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a file is never a candidate, judged from its `statx`.
@@ -183,6 +186,7 @@ impl Engine {
             seq: 0,
             echoes: None,
             held_young: Default::default(),
+            stop: Default::default(),
         }
     }
 
@@ -261,4 +265,19 @@ impl Engine {
 /// A name for logs: lossless for UTF-8, escaped otherwise.
 pub fn show(name: &OsStr) -> String {
     name.as_bytes().escape_ascii().to_string()
+}
+
+impl Engine {
+    /// Makes the long loops (the full reconcile, paying owed links,
+    /// `link_everything`) stop early once `flag` is set. What they did is
+    /// recorded as usual by the next commit; what they left is done by the
+    /// next full scan, as after a crash.
+    pub fn stop_on(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = flag;
+    }
+
+    /// Whether the engine was asked to stop (see [`Engine::stop_on`]).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

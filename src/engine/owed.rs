@@ -12,6 +12,9 @@ impl Engine {
     pub fn pay_owed(&mut self) {
         let now = std::time::Instant::now();
         for (k, (name, id, hosts)) in self.store.owed().into_iter().enumerate() {
+            if self.stopping() {
+                return; // the rows not paid stay owed
+            }
             // Seeding a new host pays 100,000s: keep what is queued for the
             // record small (a failed commit keeps its queue for the next).
             if k % 4096 == 4095
