@@ -816,12 +816,7 @@ fn dedupe(o: &Opts) -> String {
                     .arg(r)
                     .arg("--state-dir")
                     .arg(state_of(r))
-                    .args([
-                    "--hosts",
-                    "h0,h1,h2,h3",
-                    "--settle",
-                    "0s",
-                ]);
+                    .args(["--hosts", "h0,h1,h2,h3", "--settle", "0s"]);
                 c
             }),
         ),

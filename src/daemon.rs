@@ -19,7 +19,7 @@ use crate::fsops;
 use crate::layout::Layout;
 use crate::logbuf;
 use crate::names::NameFilter;
-use crate::settle::{self, Ready, Seen, Settler, Stamp, Verdict};
+use crate::settle::{self, Ready, Seen, Settler, Stamp, Verdict, Writers};
 use crate::state::Store;
 use crate::watch::{Kind, WatchEvent, Watcher};
 
@@ -201,6 +201,7 @@ impl Signals {
             signal_hook::low_level::pipe::register(sig, writer.try_clone().map_err(io)?)
                 .map_err(io)?;
         }
+        ignore_sigio()?;
         Ok(Signals { term, hup, wake })
     }
 
@@ -220,6 +221,9 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         path: "comparison thread".into(),
         source: e,
     })?;
+    // SIGTERM/SIGINT also cut the start-up reconcile (and any later full
+    // scan or seeding) short.
+    engine.stop_on(signals.term.clone());
     let watcher = match cfg.watch {
         WatchMode::Inotify => {
             let mut w = Watcher::new().map_err(|e| Error::Io {
@@ -231,8 +235,12 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         }
         WatchMode::Poll(_) => None,
     };
+    let mut settler = Settler::new(cfg.settle);
+    // Whether a file is still open for writing is asked with a read lease
+    // until the filesystem says it has none.
+    settler.set_probe_writers(true);
     let mut d = Daemon {
-        settler: Settler::new(cfg.settle),
+        settler,
         next_poll: match cfg.watch {
             WatchMode::Poll(iv) => Some(Instant::now() + iv),
             WatchMode::Inotify => None,
@@ -265,6 +273,11 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         );
     }
     d.starting = Some((young, Instant::now() + d.cfg.settle * 2));
+    if signals.term.load(Ordering::Relaxed) {
+        // Stopped during the start-up: never "ready". What was linked is
+        // recorded now; the next start does the rest.
+        return stop_during_start_up(d);
+    }
     d.announce_when_started()?;
     let res = d.event_loop(&mut signals);
     sd_notify("STOPPING=1");
@@ -550,7 +563,18 @@ impl Daemon {
         let now = Instant::now();
         for key in self.settler.due(now) {
             let stamp = self.stamp_now(&key);
-            if self.settler.confirm(&key, stamp, now) == Verdict::Complete {
+            // Unchanged for the settle time: complete only when nobody has
+            // it open for writing any more (asked with a read lease).
+            let probe = self.settler.probes_writers();
+            let layout = &self.engine.layout;
+            let mut cannot_tell = None;
+            let verdict = self.settler.confirm(&key, stamp, now, || {
+                writers_of(layout, &key, probe, &mut cannot_tell)
+            });
+            if let Some(e) = cannot_tell {
+                self.no_leases(e);
+            }
+            if verdict == Verdict::Complete {
                 self.ready.push(key);
             }
         }
@@ -669,5 +693,76 @@ impl Daemon {
         self.engine.pay_owed();
         self.rescan = true;
         tracing::info!(hosts = self.engine.layout.hosts.len(), "config reloaded");
+    }
+}
+
+/// SIGTERM/SIGINT came before "ready": commit what was done and stop.
+fn stop_during_start_up(mut d: Daemon) -> Result<()> {
+    tracing::info!("stopping on signal before start-up completed");
+    sd_notify("STOPPING=1");
+    d.engine.commit()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A read lease broken in the instant distlink holds it (see
+/// `fsops::open_for_writing`) sends `SIGIO`, which would end the process.
+fn ignore_sigio() -> Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe { signal(Signal::SIGIO, SigHandler::SigIgn) }
+        .map(|_| ())
+        .map_err(|e| Error::sys("SIGIO", e))
+}
+
+/// Whether the file of `key` is open for writing. With `probe` off (the
+/// filesystem has no leases) it is not asked: `Unknown`. `cannot_tell`
+/// gets the errno when the filesystem turns out to have no leases.
+fn writers_of(
+    layout: &Layout,
+    (host, name): &settle::Key,
+    probe: bool,
+    cannot_tell: &mut Option<nix::errno::Errno>,
+) -> Writers {
+    use nix::errno::Errno;
+    if !probe {
+        return Writers::Unknown;
+    }
+    let Some(h) = layout.hosts.get(*host) else {
+        return Writers::Open; // gone with its host: the next look drops it
+    };
+    let dir = h.fd();
+    match fsops::stat_at(dir, name).and_then(|st| fsops::open_for_writing(dir, name, &st)) {
+        Ok(false) => Writers::None,
+        Ok(true) => {
+            tracing::debug!(path = %h.path.join(name).display(),
+                "unchanged but still open for writing; looking again after the settle time");
+            Writers::Open
+        }
+        Err(
+            e @ (Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EACCES | Errno::EPERM),
+        ) => {
+            *cannot_tell = Some(e);
+            Writers::Unknown
+        }
+        // Gone or replaced meanwhile: the next look tells.
+        Err(_) => Writers::Open,
+    }
+}
+
+impl Daemon {
+    /// The filesystem cannot tell whether a file is open for writing:
+    /// said once, and from now on a file created in place waits for its
+    /// `CLOSE_WRITE` again.
+    fn no_leases(&mut self, e: nix::errno::Errno) {
+        if self.settler.probes_writers() {
+            self.settler.set_probe_writers(false);
+            tracing::warn!(
+                error = %e,
+                "cannot take file leases here, so cannot tell whether a file is still open for \
+                 writing: a file created in place is complete only after its CLOSE_WRITE, and one \
+                 published by link() or O_TMPFILE is found by the next rescan"
+            );
+        }
     }
 }

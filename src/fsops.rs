@@ -431,3 +431,37 @@ pub fn owner_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(u32, u32), Errno> 
     let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
     Ok((st.st_uid, st.st_gid))
 }
+
+/// Whether some process has the regular file `dirfd/name` (the inode
+/// `expect`) open for writing. Asked with a read lease, which the kernel
+/// grants only when nobody has the file open for writing (or mapped
+/// shared-writable) and refuses with `EAGAIN` otherwise; a granted lease is
+/// released at once. The open never blocks: a file under another process's
+/// write lease counts as open for writing. Fails with `EINVAL` where the
+/// filesystem has no leases (NFS or FUSE mounts, `fs.leases-enable = 0`),
+/// `ESTALE` when the name now holds another inode.
+///
+/// A lease broken in the instant it is held sends this process `SIGIO`,
+/// whose default action ends it: the caller ignores that signal first.
+pub fn open_for_writing(
+    dirfd: BorrowedFd<'_>,
+    name: &OsStr,
+    expect: &FileStat,
+) -> Result<bool, Errno> {
+    let f = match open_read_at(dirfd, name, expect) {
+        Err(Errno::EAGAIN) => return Ok(true),
+        r => r?,
+    };
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on an fd this function owns, with integer arguments.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK as libc::c_int) };
+    if rc == -1 {
+        return match Errno::last() {
+            Errno::EAGAIN => Ok(true),
+            e => Err(e),
+        };
+    }
+    // SAFETY: as above. (Closing the fd would release the lease too.)
+    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK as libc::c_int) };
+    Ok(false)
+}

@@ -39,9 +39,16 @@ enum Cmd {
         /// The host whose dir is pruned.
         #[arg(long = "host", value_name = "NAME", id = "prune_host")]
         target: String,
-        /// Keep only the names listed in FILE (one per line, # comments; - for stdin).
-        #[arg(long, value_name = "FILE")]
+        /// Keep only the names listed in FILE (- for stdin): one name per
+        /// line, nothing trimmed; a line starting with # is a comment;
+        /// escapes \\ \n \t \r \xHH \u{HHHH}, and \# for a name that
+        /// starts with # (names print in this form, so they can be pasted).
+        #[arg(long, value_name = "FILE", conflicts_with = "keep_list0")]
         keep_list: Option<PathBuf>,
+        /// Like --keep-list, but FILE holds NUL-separated names taken as
+        /// they are (e.g. from find DIR -maxdepth 1 -type f -printf '%f\0').
+        #[arg(long, value_name = "FILE")]
+        keep_list0: Option<PathBuf>,
         /// Remove files whose mtime is older than DURATION (e.g. 180d).
         #[arg(long, value_name = "DURATION", value_parser = duration)]
         older_than: Option<Duration>,
@@ -284,6 +291,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             common,
             target,
             keep_list,
+            keep_list0,
             older_than,
             all,
             dry_run,
@@ -291,7 +299,8 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
         } => {
             let (cfg, _) = load(&common.src, &common.hosts)?;
             let sel = prune::Selection {
-                keep_list,
+                keep_nul: keep_list0.is_some(),
+                keep_list: keep_list.or(keep_list0),
                 older_than,
                 all,
             };

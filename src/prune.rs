@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -22,8 +22,12 @@ use crate::names::NameFilter;
 /// when every one given selects it.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    /// Names to keep (from `--keep-list`); everything else is selected.
+    /// Names to keep (from `--keep-list` or `--keep-list0`); everything
+    /// else is selected.
     pub keep_list: Option<PathBuf>,
+    /// The keep list is NUL-separated raw names (`--keep-list0`), not one
+    /// escaped name per line.
+    pub keep_nul: bool,
     /// Files whose mtime is older than this.
     pub older_than: Option<Duration>,
     /// Everything (retire a host).
@@ -50,22 +54,25 @@ pub struct PruneReport {
     pub errors: Vec<String>,
 }
 
-/// Reads a keep list: one name per line, `#` comments, blank lines
-/// ignored, surrounding white space trimmed; `-` is standard input.
-pub fn read_keep_list(path: &std::path::Path) -> Result<HashSet<OsString>> {
+/// Reads a keep list (`-` is standard input). One name per line in the
+/// escaped form ([`parse_keep_lines`]), or with `nul` NUL-separated raw
+/// names ([`parse_keep_nul`]). A list that cannot be read exactly is an
+/// error naming the file (and the line): a misread name would be removed.
+pub fn read_keep_list(path: &std::path::Path, nul: bool) -> Result<HashSet<OsString>> {
+    let flag = if nul { "--keep-list0" } else { "--keep-list" };
     let mut bytes = Vec::new();
     let res = if path.as_os_str() == "-" {
         std::io::stdin().read_to_end(&mut bytes).map(|_| ())
     } else {
         std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes).map(|_| ()))
     };
-    res.map_err(|e| Error::Usage(format!("--keep-list {}: {e}", path.display())))?;
-    Ok(bytes
-        .split(|b| *b == b'\n')
-        .map(|l| l.trim_ascii())
-        .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
-        .map(|l| OsString::from_vec(l.to_vec()))
-        .collect())
+    res.map_err(|e| Error::Usage(format!("{flag} {}: {e}", path.display())))?;
+    let parsed = if nul {
+        parse_keep_nul(&bytes)
+    } else {
+        parse_keep_lines(&bytes)
+    };
+    parsed.map_err(|e| Error::Usage(format!("{flag} {}: {e}", path.display())))
 }
 
 pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result<PruneReport> {
@@ -77,15 +84,20 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
     }
     if sel.keep_list.is_none() && sel.older_than.is_none() && !sel.all {
         return Err(Error::Usage(
-            "prune needs a selection: --keep-list FILE, --older-than DURATION or --all".into(),
+            "prune needs a selection: --keep-list FILE, --keep-list0 FILE, --older-than DURATION or --all".into(),
         ));
     }
     let keep = match &sel.keep_list {
         Some(p) => {
-            let k = read_keep_list(p)?;
+            let k = read_keep_list(p, sel.keep_nul)?;
             if k.is_empty() && !sel.all {
+                let flag = if sel.keep_nul {
+                    "--keep-list0"
+                } else {
+                    "--keep-list"
+                };
                 return Err(Error::Usage(format!(
-                    "--keep-list {} names no file, which would remove everything; use --all to empty a host",
+                    "{flag} {} names no file, which would remove everything; use --all to empty a host",
                     p.display()
                 )));
             }
@@ -168,4 +180,220 @@ pub fn render(r: &PruneReport) -> String {
         crate::status::human(r.bytes_still_held)
     ));
     o
+}
+
+/// Parses a keep list written one name per line. Nothing is trimmed: a
+/// line is the name, byte for byte, except that
+/// - a line whose first byte is `#` is a comment, and an empty line is
+///   skipped;
+/// - a `\r` right before the `\n` is part of a CRLF line ending (a name
+///   ending in CR is written `\r`);
+/// - a backslash starts an escape ([`unescape_name`]): the form distlink
+///   prints names in, so a printed name can be pasted into a list.
+///
+/// A name holding `/` is refused (a keep list names files, not paths: a
+/// list of paths would match nothing and remove everything), as is a
+/// raw NUL byte (a NUL-separated list is read with `--keep-list0`).
+pub fn parse_keep_lines(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, String> {
+    let mut names = HashSet::new();
+    let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    for (k, line) in lines.into_iter().enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() || line.starts_with(b"#") {
+            continue;
+        }
+        let at = |what: String| format!("line {}: {what}", k + 1);
+        if line.contains(&0) {
+            return Err(at(
+                "holds a NUL byte (a NUL-separated list is read with --keep-list0)".into(),
+            ));
+        }
+        let name = unescape_name(line).map_err(at)?;
+        keep_name(&mut names, name).map_err(at)?;
+    }
+    Ok(names)
+}
+
+/// Parses a NUL-separated keep list (as `find DIR -maxdepth 1 -type f
+/// -printf '%f\0'` writes it): every record is a name as it is, no
+/// escapes, no comments; empty records are skipped.
+pub fn parse_keep_nul(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, String> {
+    let mut names = HashSet::new();
+    for (k, rec) in bytes.split(|b| *b == 0).enumerate() {
+        if !rec.is_empty() {
+            keep_name(&mut names, rec.to_vec()).map_err(|e| format!("record {}: {e}", k + 1))?;
+        }
+    }
+    Ok(names)
+}
+
+fn keep_name(names: &mut HashSet<OsString>, name: Vec<u8>) -> std::result::Result<(), String> {
+    if name.contains(&b'/') {
+        return Err(format!(
+            "{} holds '/': a keep list holds names, not a path",
+            show(std::ffi::OsStr::from_bytes(&name))
+        ));
+    }
+    names.insert(OsString::from_vec(name));
+    Ok(())
+}
+
+/// Decodes one escaped name: `\\` backslash, `\n` newline, `\t` tab,
+/// `\r` carriage return, `\xHH` one raw byte (two hex digits), `\u{H..}`
+/// one Unicode character (1 to 6 hex digits, UTF-8 encoded), and `\#`,
+/// `\ `, `\'`, `\"` for the character itself (`\#` lets a name start
+/// with `#`). Any other escape, a truncated one, or one that means a NUL
+/// byte (which no name can hold) is an error.
+pub fn unescape_name(s: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    let hex = |d: &[u8]| {
+        std::str::from_utf8(d)
+            .ok()
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+    };
+    while i < s.len() {
+        let b = s[i];
+        i += 1;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some(&e) = s.get(i) else {
+            return Err("ends in a lone backslash (a backslash is written \\\\)".into());
+        };
+        i += 1;
+        match e {
+            b'\\' | b'#' | b' ' | b'\'' | b'"' => out.push(e),
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'x' => {
+                let v = s
+                    .get(i..i + 2)
+                    .and_then(hex)
+                    .ok_or("\\x needs two hex digits")?;
+                if v == 0 {
+                    return Err("\\x00: a name cannot hold a NUL byte".into());
+                }
+                out.push(v as u8);
+                i += 2;
+            }
+            b'u' => {
+                let body = s
+                    .get(i..)
+                    .and_then(|r| r.strip_prefix(b"{"))
+                    .and_then(|r| r.iter().position(|c| *c == b'}').map(|end| &r[..end]))
+                    .filter(|d| d.len() <= 6)
+                    .ok_or("\\u needs {H..}: 1 to 6 hex digits in braces")?;
+                let c = hex(body)
+                    .and_then(char::from_u32)
+                    .filter(|c| *c != '\0')
+                    .ok_or("\\u{..} is not a Unicode character a name can hold")?;
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                i += body.len() + 2;
+            }
+            other => {
+                return Err(format!(
+                    "unknown escape \\{} (a backslash is written \\\\)",
+                    show(std::ffi::OsStr::from_bytes(&[other]))
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(s: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+        let mut v: Vec<Vec<u8>> = parse_keep_lines(s)?
+            .into_iter()
+            .map(OsStringExt::into_vec)
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    #[test]
+    fn every_name_as_distlink_prints_it_reads_back_as_itself() {
+        // Every byte a name can hold, alone and between others.
+        for b in 1..=255u8 {
+            if b == b'/' {
+                continue;
+            }
+            for name in [vec![b], vec![b'a', b, b'z'], vec![b, b, b'.', b]] {
+                let shown = show(std::ffi::OsStr::from_bytes(&name));
+                assert_eq!(unescape_name(shown.as_bytes()), Ok(name.clone()), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn unicode_escapes_and_the_characters_themselves() {
+        assert_eq!(
+            unescape_name(br"a\u{7f}b\u{1B}"),
+            Ok(b"a\x7fb\x1b".to_vec())
+        );
+        assert_eq!(unescape_name(br"\u{e9}"), Ok("é".as_bytes().to_vec()));
+        assert_eq!(
+            unescape_name("é ü".as_bytes()),
+            Ok("é ü".as_bytes().to_vec())
+        );
+        assert_eq!(unescape_name(br#"\#\ x\'\""#), Ok(b"# x'\"".to_vec()));
+        for bad in [
+            &br"a\"[..],
+            br"\q",
+            br"\x",
+            br"\xg0",
+            br"\x0",
+            br"\x00",
+            br"\u",
+            br"\u{}",
+            br"\u{0}",
+            br"\u{d800}",
+            br"\u{1234567}",
+            br"\u{41",
+        ] {
+            assert!(unescape_name(bad).is_err(), "{}", bad.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn keep_lines_trim_nothing_and_skip_comments_and_blank_lines() {
+        assert_eq!(
+            lines(b"# c\n\n a \r\n\\#b\nc\\r\r\n  # not a comment\nlast"),
+            Ok(vec![
+                b"  # not a comment".to_vec(),
+                b" a ".to_vec(),
+                b"#b".to_vec(),
+                b"c\r".to_vec(),
+                b"last".to_vec()
+            ])
+        );
+        assert_eq!(lines(b"\n# only comments\n\r\n"), Ok(vec![]));
+        let e = lines(b"a\nb/c\n").unwrap_err();
+        assert!(e.starts_with("line 2:") && e.contains("not a path"), "{e}");
+        let e = lines(b"a\0b\0").unwrap_err();
+        assert!(e.contains("--keep-list0"), "{e}");
+    }
+
+    #[test]
+    fn keep_nul_takes_records_as_they_are() {
+        let mut v: Vec<Vec<u8>> = parse_keep_nul(b"a\\n\0# b \r\n\0\0")
+            .unwrap_or_default()
+            .into_iter()
+            .map(OsStringExt::into_vec)
+            .collect();
+        v.sort();
+        assert_eq!(v, vec![b"# b \r\n".to_vec(), b"a\\n".to_vec()]);
+        assert!(parse_keep_nul(b"./x\0").is_err());
+    }
 }

@@ -3,11 +3,18 @@
 //!
 //! Rules:
 //! - renamed into a host dir (`MOVED_TO`): complete at once (Portage's path);
-//! - created (`CREATE`) as a new, single-link file: being written; nothing
-//!   happens until it is closed (`CLOSE_WRITE`);
+//! - created (`CREATE`) as a new, single-link file: being written. Where
+//!   the caller can tell whether a file is open for writing (see
+//!   [`Settler::set_probe_writers`]) it settles like the rest (a file
+//!   published by `link()` + `unlink()` of its temp name, or an `O_TMPFILE`
+//!   given a name with `linkat()`, never reports a `CLOSE_WRITE` under its
+//!   name); otherwise nothing happens until it is closed (`CLOSE_WRITE`);
 //! - created as an extra hard link of an existing file, or closed after
 //!   writing, or found young by a scan: complete once its (size, mtime)
 //!   stayed the same for the settle time;
+//! - and in every case, once unchanged, only when no process has it open
+//!   for writing (asked through the closure given to [`Settler::confirm`]);
+//!   a file with a writer is looked at again after another settle time;
 //! - removed or renamed away: forgotten.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -53,6 +60,19 @@ pub enum Verdict {
     Wait,
 }
 
+/// Whether some process has a file open for writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writers {
+    /// Nobody has it open for writing.
+    None,
+    /// Someone has it open for writing (or it could not be asked this
+    /// time): look again after another settle time.
+    Open,
+    /// The filesystem cannot tell (no file leases): a file seen closed
+    /// counts as complete, one never seen closed waits for its close.
+    Unknown,
+}
+
 #[derive(Debug, Clone)]
 struct Pending {
     writing: bool,
@@ -64,6 +84,9 @@ struct Pending {
 pub struct Settler {
     settle: Duration,
     pending: HashMap<Key, Pending>,
+    /// Files never seen closed become due too (the caller can tell open
+    /// writers); otherwise they wait for `CLOSE_WRITE`.
+    probe: bool,
 }
 
 impl Settler {
@@ -71,7 +94,25 @@ impl Settler {
         Settler {
             settle,
             pending: HashMap::new(),
+            probe: false,
         }
+    }
+
+    /// Whether a file created in place but never seen closed may complete
+    /// without its `CLOSE_WRITE`, once unchanged and with no writer (the
+    /// caller can ask the filesystem whether it is open for writing).
+    pub fn set_probe_writers(&mut self, on: bool) {
+        self.probe = on;
+    }
+
+    /// Whether [`Settler::set_probe_writers`] is on.
+    pub fn probes_writers(&self) -> bool {
+        self.probe
+    }
+
+    /// Whether an entry's settle clock runs (else it waits for a close).
+    fn runs(&self, p: &Pending) -> bool {
+        !p.writing || self.probe
     }
 
     pub fn set_settle(&mut self, settle: Duration) {
@@ -148,7 +189,7 @@ impl Settler {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.pending
             .values()
-            .filter(|p| !p.writing)
+            .filter(|p| self.runs(p))
             .map(|p| p.since + self.settle)
             .min()
     }
@@ -158,13 +199,22 @@ impl Settler {
     pub fn due(&self, now: Instant) -> Vec<Key> {
         self.pending
             .iter()
-            .filter(|(_, p)| !p.writing && p.since + self.settle <= now)
+            .filter(|(_, p)| self.runs(p) && p.since + self.settle <= now)
             .map(|(k, _)| k.clone())
             .collect()
     }
 
     /// Called with a fresh stat of a due entry (`None`: the file is gone).
-    pub fn confirm(&mut self, key: &Key, stamp: Option<Stamp>, now: Instant) -> Verdict {
+    /// When it stayed unchanged for the settle time, `writers` is asked
+    /// whether it is still open for writing.
+    pub fn confirm(
+        &mut self,
+        key: &Key,
+        stamp: Option<Stamp>,
+        now: Instant,
+        writers: impl FnOnce() -> Writers,
+    ) -> Verdict {
+        let probe = self.probe;
         let Some(p) = self.pending.get_mut(key) else {
             return Verdict::Wait;
         };
@@ -173,9 +223,23 @@ impl Settler {
                 self.pending.remove(key);
                 Verdict::Wait
             }
-            Some(s) if s == p.stamp && !p.writing && p.since + self.settle <= now => {
-                self.pending.remove(key);
-                Verdict::Complete
+            Some(s) if s == p.stamp && (!p.writing || probe) && p.since + self.settle <= now => {
+                match writers() {
+                    Writers::None => {
+                        self.pending.remove(key);
+                        Verdict::Complete
+                    }
+                    Writers::Unknown if !p.writing => {
+                        self.pending.remove(key);
+                        Verdict::Complete
+                    }
+                    // Never seen closed: its close decides (the caller
+                    // turns probing off when the filesystem cannot tell).
+                    Writers::Unknown | Writers::Open => {
+                        p.since = now;
+                        Verdict::Wait
+                    }
+                }
             }
             Some(s) => {
                 if s != p.stamp {
@@ -240,6 +304,10 @@ mod tests {
         Forget,
         /// At time t (ms), confirm with this stamp (None = gone) and expect.
         Confirm(Option<Stamp>, u64, Verdict),
+        /// Like `Confirm`, with what the writers check answers.
+        ConfirmW(Option<Stamp>, u64, Writers, Verdict),
+        /// Turns probing for writers on or off.
+        Probe(bool),
         /// At time t, expect the entry due (true) or not.
         Due(u64, bool),
     }
@@ -261,9 +329,15 @@ mod tests {
                     }
                 }
                 Forget => s.forget(&key),
-                Confirm(stamp, t, want) => {
-                    assert_eq!(s.confirm(&key, *stamp, at(*t)), *want, "step {i}")
+                Confirm(stamp, t, want) => assert_eq!(
+                    s.confirm(&key, *stamp, at(*t), || Writers::None),
+                    *want,
+                    "step {i}"
+                ),
+                ConfirmW(stamp, t, w, want) => {
+                    assert_eq!(s.confirm(&key, *stamp, at(*t), || *w), *want, "step {i}")
                 }
+                Probe(on) => s.set_probe_writers(*on),
                 Due(t, want) => assert_eq!(s.due(at(*t)).contains(&key), *want, "step {i}"),
             }
         }
@@ -388,5 +462,54 @@ mod tests {
         let order: Vec<Key> = std::iter::from_fn(|| r.pop()).collect();
         assert_eq!(order, vec![k(0, "z"), k(0, "a"), k(1, "b")]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_file_never_seen_closed_settles_when_writers_can_be_asked_and_none_is_left() {
+        run(&[
+            Probe(true),
+            Note(Seen::CreatedNew, st(10, 1), 0),
+            Due(4_999, false),
+            Due(5_000, true),
+            ConfirmW(Some(st(10, 1)), 5_000, Writers::None, Verdict::Complete),
+        ]);
+    }
+
+    #[test]
+    fn an_open_writer_is_looked_at_again_after_another_settle_time() {
+        for seen in [
+            Seen::CreatedNew,
+            Seen::Closed,
+            Seen::CreatedLink,
+            Seen::Scanned,
+        ] {
+            run(&[
+                Probe(true),
+                Note(seen, st(10, 1), 0),
+                ConfirmW(Some(st(10, 1)), 5_000, Writers::Open, Verdict::Wait),
+                Due(9_999, false),
+                Due(10_000, true),
+                ConfirmW(Some(st(10, 1)), 10_000, Writers::Open, Verdict::Wait),
+                ConfirmW(Some(st(10, 1)), 15_000, Writers::None, Verdict::Complete),
+            ]);
+        }
+    }
+
+    #[test]
+    fn without_a_way_to_ask_a_closed_file_completes_and_an_unclosed_one_waits_for_its_close() {
+        run(&[
+            Note(Seen::Closed, st(10, 1), 0),
+            ConfirmW(Some(st(10, 1)), 5_000, Writers::Unknown, Verdict::Complete),
+        ]);
+        run(&[
+            Probe(true),
+            Note(Seen::CreatedNew, st(10, 1), 0),
+            ConfirmW(Some(st(10, 1)), 5_000, Writers::Unknown, Verdict::Wait),
+            Probe(false),
+            Due(60_000, false),
+            Note(Seen::Closed, st(12, 2), 60_000),
+            Due(65_000, true),
+            ConfirmW(Some(st(12, 2)), 65_000, Writers::Unknown, Verdict::Complete),
+        ]);
     }
 }

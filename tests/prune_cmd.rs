@@ -5,6 +5,7 @@ use common::*;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::process::Stdio;
 use std::time::Duration;
@@ -37,7 +38,7 @@ fn json(out: &str) -> serde_json::Value {
 fn keep_list_removes_everything_else_and_counts_freed_bytes_honestly() {
     let env = setup();
     let keep = env.tmp.path().join("keep");
-    fs::write(&keep, "# what b still needs\nx\n\n  z  \n").unwrap();
+    fs::write(&keep, "# what b still needs\nx\n\nz\n").unwrap();
     let (code, out, err) = Env::output(env.single(
         "prune",
         &[
@@ -211,4 +212,93 @@ fn prune_while_the_daemon_runs_stays_pruned() {
     let d = env.start();
     env.all_stays_absent("b", &["x", "y", "z", "only-b"]);
     drop(d);
+}
+
+/// Names the old reader lost (trimmed, taken for comments, split at the
+/// newline), a backslash and a non-UTF-8 name, plus `gone.tar`.
+fn awkward_names() -> (Env, Vec<Vec<u8>>) {
+    let env = Env::new(&["a", "b"]);
+    let kept: Vec<Vec<u8>> = [
+        &b"keep me "[..],
+        b" keep2",
+        b"keep3\t",
+        b"#hash.tar",
+        b"new\nline.tar",
+        b"back\\slash.tar",
+        b"\xff.tar",
+        b"end\r",
+    ]
+    .iter()
+    .map(|n| n.to_vec())
+    .collect();
+    for n in kept.iter().chain([&b"gone.tar".to_vec()]) {
+        fs::write(env.path("b", std::ffi::OsStr::from_bytes(n)), b"data").unwrap();
+    }
+    (env, kept)
+}
+
+fn prune_keeping(env: &Env, flag: &str, list: &[u8]) -> (Option<i32>, String, String) {
+    let keep = env.tmp.path().join("keep");
+    fs::write(&keep, list).unwrap();
+    Env::output(env.single(
+        "prune",
+        &["--host", "b", flag, keep.to_str().unwrap(), "--json"],
+    ))
+}
+
+#[test]
+fn keep_list_keeps_every_listed_name_exactly_in_the_documented_form() {
+    let (env, mut kept) = awkward_names();
+    // One name per line, no trimming; `\#` for a leading hash, C-style
+    // escapes for a newline, a backslash, raw bytes, a trailing CR (a raw
+    // CR before the newline is a CRLF line ending); `#` lines are comments.
+    let list = b"# kept in b\n\
+        keep me \n\
+        \\ keep2\n\
+        keep3\\t\n\
+        \\#hash.tar\n\
+        new\\nline.tar\n\
+        back\\\\slash.tar\n\
+        \\xff.tar\n\
+        \n\
+        end\\r\r\n";
+    let (code, out, err) = prune_keeping(&env, "--keep-list", list);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["files_removed"], 1, "{out}");
+    kept.sort();
+    assert_eq!(env.names("b"), kept);
+}
+
+#[test]
+fn keep_list0_takes_nul_separated_names_as_they_are() {
+    let (env, mut kept) = awkward_names();
+    // As `find DIR -maxdepth 1 -type f -printf '%f\0'` writes them.
+    let mut list = Vec::new();
+    for n in &kept {
+        list.extend_from_slice(n);
+        list.push(0);
+    }
+    let (code, out, err) = prune_keeping(&env, "--keep-list0", &list);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["files_removed"], 1, "{out}");
+    kept.sort();
+    assert_eq!(env.names("b"), kept);
+}
+
+#[test]
+fn a_keep_list_that_cannot_be_read_exactly_is_refused_and_removes_nothing() {
+    let (env, _) = awkward_names();
+    let before = env.names("b");
+    for (flag, list, says) in [
+        ("--keep-list", &b"ok\nbad\\q\n"[..], "line 2"),
+        ("--keep-list", b"ok\ntrunc\\x4\n", "line 2"),
+        ("--keep-list", b"nul\\x00\n", "line 1"),
+        ("--keep-list", b"b/keep me \n", "not a path"),
+        ("--keep-list0", b"./keep me \0", "not a path"),
+    ] {
+        let (code, _, err) = prune_keeping(&env, flag, list);
+        assert_eq!(code, Some(2), "{flag} {list:?}: {err}");
+        assert!(err.contains(says) && err.contains("keep"), "{err}");
+        assert_eq!(env.names("b"), before);
+    }
 }

@@ -82,7 +82,7 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
         "NoNewPrivileges=yes",
         "ProtectHome=yes",
         "RestrictAddressFamilies=AF_UNIX",
-        "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_CHOWN CAP_FSETID",
+        "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_CHOWN CAP_FSETID CAP_LEASE",
     ] {
         assert!(unit.lines().any(|l| l == line), "unit lacks {line:?}");
     }

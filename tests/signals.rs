@@ -7,7 +7,7 @@ use common::*;
 use nix::sys::signal::Signal;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Writes the config file: this env's root, the given hosts, extra lines.
 fn write_config(env: &Env, hosts: &[&str], extra: &str) -> std::path::PathBuf {
@@ -230,4 +230,94 @@ fn a_host_dropped_from_the_config_for_one_reload_keeps_its_prunes_and_gets_what_
     drop(d);
     let _d = start_on_config(&env, &["a", "b", "c"]);
     env.stays_absent("c", "pruned-by-c");
+}
+
+/// A root of three hosts with a record, then `n` files (empty) added to
+/// host a while no daemon runs: a start-up has to link every one of them
+/// into b and c.
+fn root_with_undistributed_files(n: usize) -> Env {
+    let env = Env::new(&["a", "b", "c"]);
+    let mut d = env.start();
+    assert!(d.stop().success());
+    for k in 0..n {
+        std::fs::File::create(env.path("a", format!("f{k:05}.tar"))).unwrap();
+    }
+    env
+}
+
+/// Waits for the process to exit, looking every 5 ms (what `Daemon::wait`
+/// adds to measure the time to exit would blur the measurement).
+fn exit_within(d: &mut Daemon, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = d.child.try_wait().unwrap() {
+            let took = t.elapsed();
+            std::thread::sleep(Duration::from_millis(100)); // the log reader drains
+            return (st, took);
+        }
+        assert!(t.elapsed() < timeout, "did not exit; log:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn logged_ready(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains(" ready") || l.contains("\"ready\""))
+}
+
+#[test]
+fn sigterm_during_the_start_up_reconcile_stops_promptly_and_loses_nothing() {
+    const N: usize = 30_000;
+    // The same work twice: one start-up runs to "ready", the other is
+    // stopped in the middle.
+    let full_env = root_with_undistributed_files(N);
+    let env = root_with_undistributed_files(N);
+    // Older than the settle time: complete, distributed by the scan.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let t = Instant::now();
+    let mut full = full_env.spawn(full_env.command("run", &[]));
+    full.wait_log("ready", WAIT * 3);
+    let start_up = t.elapsed();
+    assert!(full.stop().success());
+
+    let mut d = env.spawn(env.command("run", &[]));
+    std::thread::sleep(Duration::from_millis(200));
+    d.signal(Signal::SIGTERM);
+    let (st, stop) = exit_within(&mut d, WAIT * 3);
+    let log = d.log();
+    eprintln!("full start-up {start_up:?}; SIGTERM 200 ms in, exit {stop:?} later");
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert!(!logged_ready(&log), "\"ready\" after SIGTERM:\n{log}");
+    assert!(log.contains("reconcile stopped early"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    eprintln!(
+        "{} of {N} files were linked into b before the stop",
+        env.names("b").len()
+    );
+    assert!(
+        stop < start_up / 2,
+        "SIGTERM took {stop:?} to stop a start-up that takes {start_up:?} in full"
+    );
+
+    // What was linked before the stop is recorded: a host that prunes one
+    // of those files does not get it back.
+    let pruned = (0..N)
+        .map(|k| format!("f{k:05}.tar"))
+        .find(|n| env.exists("b", n));
+    if let Some(n) = &pruned {
+        std::fs::remove_file(env.path("b", n)).unwrap();
+    }
+    // The rest is done at the next start.
+    let mut d = env.start();
+    for k in 0..N {
+        let n = format!("f{k:05}.tar");
+        if pruned.as_ref() == Some(&n) {
+            assert!(!env.exists("b", &n), "{n} was pruned from b but came back");
+            assert!(env.same_inode(&["a", "c"], &n), "{n} not in a and c");
+        } else {
+            assert!(env.same_inode(&["a", "b", "c"], &n), "{n} not everywhere");
+        }
+    }
+    assert!(d.stop().success());
 }

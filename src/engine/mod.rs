@@ -169,6 +169,9 @@ pub struct Engine {
     /// Writes in place to distributed files already warned about (name,
     /// generation, size and mtime after the write).
     warned_writes: rustc_hash::FxHashSet<(OsString, fsops::FileId, (u64, i64))>,
+    /// Set (by a signal handler) when the process is asked to stop: the
+    /// long loops return early, leaving the rest to the next start.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a file is never a candidate, judged from its `statx`.
@@ -219,6 +222,7 @@ impl Engine {
             held_young: Default::default(),
             warned_writes: Default::default(),
             race_hook: None,
+            stop: Default::default(),
         }
     }
 
@@ -297,4 +301,19 @@ impl Engine {
 /// A name for logs: lossless for UTF-8, escaped otherwise.
 pub fn show(name: &OsStr) -> String {
     name.as_bytes().escape_ascii().to_string()
+}
+
+impl Engine {
+    /// Makes the long loops (the full reconcile, paying owed links,
+    /// `link_everything`) stop early once `flag` is set. What they did is
+    /// recorded as usual by the next commit; what they left is done by the
+    /// next full scan, as after a crash.
+    pub fn stop_on(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = flag;
+    }
+
+    /// Whether the engine was asked to stop (see [`Engine::stop_on`]).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

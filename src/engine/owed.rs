@@ -16,6 +16,9 @@ impl Engine {
                 // Nothing is linked that could not be recorded.
                 return;
             }
+            if self.stopping() {
+                return; // the rows not paid stay owed
+            }
             // Seeding a new host pays 100,000s: keep what is queued for the
             // record small (a failed commit keeps its queue for the next).
             if k % 4096 == 4095

@@ -107,6 +107,13 @@ impl Engine {
         let mut names: Vec<&OsStr> = present.names().collect();
         names.sort();
         for name in names {
+            if self.stopping() {
+                // Asked to stop: what was done is recorded at the commit,
+                // the rest is left to the next scan (nothing is forgotten
+                // on a partial pass).
+                tracing::info!("reconcile stopped early; the next start finishes it");
+                return young;
+            }
             if !self.dry_run && !self.store.can_record() {
                 // Paused: the next scan, once the record can be written
                 // again, does the rest.
@@ -327,6 +334,11 @@ impl Engine {
         let all: Vec<usize> = (0..self.layout.hosts.len()).collect();
         let mut young = Vec::new();
         for (k, name) in names.iter().enumerate() {
+            if self.stopping() {
+                // Not marked initialized: running migrate again finishes.
+                self.commit()?;
+                return Ok(young);
+            }
             let holders = &present.get(name).unwrap_or_default();
             p.files_done += 1;
             p.bytes_done += holders[0].1.size;
