@@ -110,10 +110,12 @@ impl Config {
         };
         let parsed = match &file {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| Error::Config(format!("config file {}: {e}", p.display())))?;
-                parse_file(&text)
-                    .map_err(|m| Error::Config(format!("config file {}: {m}", p.display())))?
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::Config(format!("config file {}: {e}", crate::quote::path(p)))
+                })?;
+                parse_file(&text).map_err(|m| {
+                    Error::Config(format!("config file {}: {m}", crate::quote::path(p)))
+                })?
             }
             None => FileConfig::default(),
         };
@@ -176,7 +178,7 @@ impl Config {
             if state_dir.starts_with(root.join(h)) {
                 return Err(cfg_err(format!(
                     "state_dir: {} lies inside host dir {:?}, where that client could change it",
-                    state_dir.display(),
+                    crate::quote::path(&state_dir),
                     h
                 )));
             }

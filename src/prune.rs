@@ -13,10 +13,11 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::engine::{self, show};
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::names::NameFilter;
+use crate::quote;
 
 /// Which files to remove. With several criteria, a file is removed only
 /// when every one given selects it.
@@ -59,7 +60,7 @@ pub fn read_keep_list(path: &std::path::Path) -> Result<HashSet<OsString>> {
     } else {
         std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes).map(|_| ()))
     };
-    res.map_err(|e| Error::Usage(format!("--keep-list {}: {e}", path.display())))?;
+    res.map_err(|e| Error::Usage(format!("--keep-list {}: {e}", quote::path(path))))?;
     Ok(bytes
         .split(|b| *b == b'\n')
         .map(|l| l.trim_ascii())
@@ -86,7 +87,7 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
             if k.is_empty() && !sel.all {
                 return Err(Error::Usage(format!(
                     "--keep-list {} names no file, which would remove everything; use --all to empty a host",
-                    p.display()
+                    quote::path(p)
                 )));
             }
             Some(k)
@@ -129,12 +130,12 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
                     report.bytes_still_held += st.size;
                 }
                 report.removed.push(Removed {
-                    name: show(&name),
+                    name: quote::name(&name).to_string(),
                     bytes: st.size,
                     freed,
                 });
                 if !dry_run {
-                    tracing::info!(path = %dir.path.join(&name).display(), freed, "pruned");
+                    tracing::info!(path = %quote::path(&dir.path.join(&name)), freed, "pruned");
                 }
             }
             Err(e) => report.errors.push(e.to_string()),

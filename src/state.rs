@@ -442,7 +442,7 @@ impl Store {
             if e == nix::errno::Errno::EWOULDBLOCK {
                 Error::Refused(format!(
                     "another distlink process holds the state lock {} (is the daemon running?)",
-                    lock_path.display()
+                    crate::quote::path(&lock_path)
                 ))
             } else {
                 Error::sys(&lock_path, e)
@@ -490,7 +490,7 @@ impl Store {
                 "state store {} is unreadable ({message}); distlink will not guess what was \
                  distributed. Move it aside and run `distlink sync --adopt` to take the host dirs \
                  as they are now",
-                path.display()
+                crate::quote::path(&path)
             )),
             e => e,
         })?;
@@ -514,7 +514,7 @@ impl Store {
         }
         let (entries, unread) = Entry::decode_all(&data);
         if unread > 0 {
-            tracing::warn!(path = %self.journal_path.display(), bytes = unread,
+            tracing::warn!(path = %crate::quote::path(&self.journal_path), bytes = unread,
                 "links journal ends in an unreadable entry; it is ignored");
         }
         let n = entries.len();
@@ -542,7 +542,7 @@ impl Store {
                 }
             }
         }
-        tracing::info!(path = %self.journal_path.display(), entries = n,
+        tracing::info!(path = %crate::quote::path(&self.journal_path), entries = n,
             "links made by a process that stopped before writing the record are taken from the journal");
         self.journal_dirty = true;
         Ok(())

@@ -11,10 +11,11 @@ use std::path::Path;
 use nix::errno::Errno;
 
 use super::survey::{Present, par_map};
-use super::{Engine, Failure, Mode, ineligible, show};
+use super::{Engine, Failure, Mode, ineligible};
 use crate::error::FileError;
 use crate::fsops::{self, FileStat};
 use crate::names;
+use crate::quote;
 use crate::state::Conflict;
 
 impl Engine {
@@ -146,7 +147,7 @@ impl Engine {
                     if let Some(e) = self.echoes.as_mut() {
                         e.insert((h, name.to_os_string()));
                     }
-                    tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name), "linked");
+                    tracing::debug!(host = %self.layout.hosts[h].name, name = %quote::name(name), "linked");
                 }
                 Err(e) => failures.push(Failure {
                     host: h,
@@ -176,7 +177,7 @@ impl Engine {
                 match self.replace(h, name, wfd, &wst, &s) {
                     Ok(true) => {
                         self.counters.merged += 1;
-                        tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name),
+                        tracing::debug!(host = %self.layout.hosts[h].name, name = %quote::name(name),
                             "merged identical copy into one inode");
                     }
                     Ok(false) => failures.push(Failure {
@@ -216,8 +217,8 @@ impl Engine {
                 if !already {
                     self.counters.conflicts += 1;
                     tracing::warn!(
-                        path = %self.layout.hosts[*h].path.join(name).display(),
-                        other = %self.layout.hosts[winner.0].path.join(name).display(),
+                        path = %quote::path(&self.layout.hosts[*h].path.join(name)),
+                        other = %quote::path(&self.layout.hosts[winner.0].path.join(name)),
                         kind = s.kind(),
                         "conflict: same name, different content; both left untouched"
                     );

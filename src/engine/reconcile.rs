@@ -8,6 +8,7 @@ use super::survey::{Present, survey};
 use super::{Engine, Mode, Progress, Young, ineligible, old_enough, same_content};
 use crate::error::Result;
 use crate::fsops::{self, FileStat};
+use crate::quote;
 
 impl Engine {
     /// Lists the candidates in every host dir. Host dirs that vanished are
@@ -34,7 +35,7 @@ impl Engine {
         self.hosts_checked = None;
         let s = survey(&self.layout, &self.filter, &usable);
         for (i, e) in &s.unlisted {
-            tracing::error!(path = %self.layout.hosts[*i].path.display(), error = %e, "cannot list host dir");
+            tracing::error!(path = %quote::path(&self.layout.hosts[*i].path), error = %e, "cannot list host dir");
         }
         complete &= s.complete;
         if cleanup_temps {
@@ -69,10 +70,10 @@ impl Engine {
                 }));
         if spare {
             if fsops::unlink_at(dir, name).is_ok() {
-                tracing::info!(path = %path.display(), "removed stale temp link");
+                tracing::info!(path = %quote::path(&path), "removed stale temp link");
             }
         } else {
-            tracing::warn!(path = %path.display(), "stale temp name holds the only copy of its bytes; left for the admin");
+            tracing::warn!(path = %quote::path(&path), "stale temp name holds the only copy of its bytes; left for the admin");
         }
     }
 
