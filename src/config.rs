@@ -113,10 +113,12 @@ impl Config {
         };
         let parsed = match &file {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| Error::Config(format!("config file {}: {e}", p.display())))?;
-                parse_file(&text)
-                    .map_err(|m| Error::Config(format!("config file {}: {m}", p.display())))?
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::Config(format!("config file {}: {e}", crate::quote::path(p)))
+                })?;
+                parse_file(&text).map_err(|m| {
+                    Error::Config(format!("config file {}: {m}", crate::quote::path(p)))
+                })?
             }
             None => FileConfig::default(),
         };

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{Config, Overrides, WatchMode};
-use crate::engine::{self, Arrival, Engine, show};
+use crate::engine::{self, Arrival, Engine};
 use crate::error::{Error, Result};
 use crate::fsops;
 use crate::layout::Layout;
 use crate::logbuf;
 use crate::names::NameFilter;
+use crate::quote;
 use crate::settle::{self, Ready, Seen, Settler, Stamp, Verdict, Writers};
 use crate::state::Store;
 use crate::watch::{Kind, WatchEvent, Watcher};
@@ -69,14 +70,14 @@ pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
                  (e.g. {}); distlink will not guess. Run `distlink migrate` to link every file \
                  into every host, or `distlink sync --adopt` to take the host dirs as they are \
                  now as already distributed",
-                engine.store.path().display(),
-                example.display()
+                quote::path(engine.store.path()),
+                quote::path(&example)
             )));
         }
         engine.sync_hosts()?;
         engine.store.mark_initialized();
         engine.commit()?;
-        tracing::info!(state = %engine.store.path().display(), "fresh start: new record created");
+        tracing::info!(state = %quote::path(engine.store.path()), "fresh start: new record created");
     }
     Ok(engine)
 }
@@ -99,7 +100,7 @@ pub fn sync(cfg: &Config, adopt: bool) -> Result<SyncReport> {
     let young = engine.reconcile(SystemTime::now(), cfg.settle, true);
     engine.commit()?;
     for y in &young {
-        tracing::info!(path = %engine.layout.hosts[y.host].path.join(&y.name).display(),
+        tracing::info!(path = %quote::path(&engine.layout.hosts[y.host].path.join(&y.name)),
             "not distributed yet: modified less than the settle time ago");
     }
     Ok(SyncReport {
@@ -122,7 +123,7 @@ pub fn forget_host(cfg: &Config, host: &str) -> Result<()> {
         let known: Vec<&str> = store.absent().keys().map(String::as_str).collect();
         return Err(Error::Usage(format!(
             "the record in {} does not know host {host:?}; hosts it remembers outside the configuration: {}",
-            store.path().display(),
+            crate::quote::path(store.path()),
             if known.is_empty() {
                 "none".to_string()
             } else {
@@ -323,7 +324,7 @@ impl Daemon {
         self.next_commit = None;
         tracing::info!(
             hosts = self.engine.layout.hosts.len(),
-            root = %self.engine.layout.root.display(),
+            root = %quote::path(&self.engine.layout.root),
             files = self.engine.store.file_count(),
             mode = if self.watcher.is_some() { "inotify" } else { "poll" },
             unsettled,
@@ -526,7 +527,7 @@ impl Daemon {
         match self.engine.layout.reopen_host(i) {
             Ok(how) => {
                 let h = &self.engine.layout.hosts[i];
-                tracing::warn!(host = %h.name, path = %h.path.display(), how = ?how,
+                tracing::warn!(host = %h.name, path = %quote::path(&h.path), how = ?how,
                     "host dir vanished or was replaced; now watching the new one");
                 if let Some(w) = self.watcher.as_mut()
                     && let Err(e) = w.watch_host(&self.engine.layout, i)
@@ -611,9 +612,9 @@ impl Daemon {
         }
         match self.engine.arrive(host, &name) {
             Ok(Arrival::Distributed) => tracing::info!(
-                host = %self.engine.layout.hosts[host].name, name = %show(&name), "distributed"),
+                host = %self.engine.layout.hosts[host].name, name = %quote::name(&name), "distributed"),
             Ok(Arrival::Skipped(why)) => tracing::debug!(
-                host = %self.engine.layout.hosts[host].name, name = %show(&name), why, "not a candidate"),
+                host = %self.engine.layout.hosts[host].name, name = %quote::name(&name), why, "not a candidate"),
             Ok(Arrival::Known | Arrival::Gone) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "will look again after the settle time");
@@ -735,7 +736,7 @@ fn writers_of(
     match fsops::stat_at(dir, name).and_then(|st| fsops::open_for_writing(dir, name, &st)) {
         Ok(false) => Writers::None,
         Ok(true) => {
-            tracing::debug!(path = %h.path.join(name).display(),
+            tracing::debug!(path = %crate::quote::path(&h.path.join(name)),
                 "unchanged but still open for writing; looking again after the settle time");
             Writers::Open
         }

@@ -14,15 +14,15 @@ pub enum Error {
     Config(String),
     #[error("{0}")]
     Usage(String),
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", crate::quote::path(.path))]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {errno}")]
+    #[error("{}: {errno}", crate::quote::path(.path))]
     Sys { path: PathBuf, errno: Errno },
-    #[error("state store {path}: {message}")]
+    #[error("state store {}: {message}", crate::quote::path(.path))]
     State { path: PathBuf, message: String },
     #[error("{0}")]
     Refused(String),
@@ -48,7 +48,7 @@ impl Error {
 /// A problem with one file in one host dir. Logged with its path; the work
 /// is retried later.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{path}: {what}: {errno}")]
+#[error("{}: {what}: {errno}", crate::quote::path(.path))]
 pub struct FileError {
     pub path: PathBuf,
     pub what: &'static str,

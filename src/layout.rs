@@ -9,6 +9,7 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::fsops::{self, FileStat};
+use crate::quote;
 
 /// One host's directory, held open.
 #[derive(Debug)]
@@ -57,7 +58,7 @@ impl Layout {
         for h in hosts {
             let (dir, opened) = layout.open_host(h)?;
             if opened == Opened::Created {
-                tracing::info!(host = %h, path = %dir.path.display(), "created missing host dir");
+                tracing::info!(host = %h, path = %quote::path(&dir.path), "created missing host dir");
             }
             layout.hosts.push(dir);
         }
@@ -72,10 +73,13 @@ impl Layout {
     /// Opens the root alone (no host dirs yet).
     pub fn open_root(root: &Path) -> Result<Layout> {
         let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
-            Errno::ENOENT => {
-                Error::Config(format!("root: directory {} does not exist", root.display()))
+            Errno::ENOENT => Error::Config(format!(
+                "root: directory {} does not exist",
+                quote::path(root)
+            )),
+            Errno::ENOTDIR => {
+                Error::Config(format!("root: {} is not a directory", quote::path(root)))
             }
-            Errno::ENOTDIR => Error::Config(format!("root: {} is not a directory", root.display())),
             e => Error::sys(root, e),
         })?;
         let root_stat = fsops::stat_fd(root_fd.as_fd()).map_err(|e| Error::sys(root, e))?;
@@ -101,7 +105,7 @@ impl Layout {
             Ok(st) if st.mode & libc::S_IFMT == libc::S_IFLNK => {
                 return Err(Error::Refused(format!(
                     "host dir {} is a symlink; refusing to follow it (host {name:?})",
-                    path.display()
+                    quote::path(&path)
                 )));
             }
             Ok(_) => {}
@@ -117,11 +121,11 @@ impl Layout {
         let fd = fsops::open_dir_at(self.root_fd(), os).map_err(|e| match e {
             Errno::ELOOP => Error::Refused(format!(
                 "host dir {} is a symlink; refusing to follow it (host {name:?})",
-                path.display()
+                quote::path(&path)
             )),
             Errno::ENOTDIR => Error::Refused(format!(
                 "host dir {} is not a directory (host {name:?})",
-                path.display()
+                quote::path(&path)
             )),
             e => Error::sys(&path, e),
         })?;
@@ -160,7 +164,7 @@ impl Layout {
             let list: Vec<String> = self
                 .hosts
                 .iter()
-                .map(|h| format!("{} (mount {})", h.path.display(), h.stat.mnt_id))
+                .map(|h| format!("{} (mount {})", quote::path(&h.path), h.stat.mnt_id))
                 .collect();
             return Err(Error::Refused(format!(
                 "host dirs are on one filesystem but on different mounts (a bind mount?), and hard \
@@ -174,7 +178,7 @@ impl Layout {
             .map(|h| {
                 format!(
                     "{} (device {}:{})",
-                    h.path.display(),
+                    quote::path(&h.path),
                     nix::sys::stat::major(h.stat.dev),
                     nix::sys::stat::minor(h.stat.dev)
                 )
@@ -229,16 +233,16 @@ impl Layout {
                     return Err(Error::Refused(format!(
                         "host dir {} (device {}, mount {}) is not on the filesystem and mount of {} \
                          (device {}, mount {}); hard links cannot cross them",
-                        dir.path.display(),
+                        quote::path(&dir.path),
                         dir.stat.dev,
                         dir.stat.mnt_id,
-                        first.path.display(),
+                        quote::path(&first.path),
                         first.stat.dev,
                         first.stat.mnt_id
                     )));
                 }
                 if opened == Opened::Created {
-                    tracing::info!(host = %n, path = %dir.path.display(), "created missing host dir");
+                    tracing::info!(host = %n, path = %quote::path(&dir.path), "created missing host dir");
                 }
                 fresh.push(dir);
             }
@@ -276,12 +280,12 @@ impl Layout {
             match fsops::stat_at(layout.root_fd(), OsStr::new(h)) {
                 Err(Errno::ENOENT) => problems.push(format!(
                     "host dir {} is missing (host {h:?})",
-                    path.display()
+                    quote::path(&path)
                 )),
-                Err(e) => problems.push(format!("host dir {}: {e}", path.display())),
+                Err(e) => problems.push(format!("host dir {}: {e}", quote::path(&path))),
                 Ok(st) if !st.is_dir() => problems.push(format!(
                     "host dir {} is a {}, not a directory (host {h:?})",
-                    path.display(),
+                    quote::path(&path),
                     st.kind()
                 )),
                 Ok(_) => match fsops::open_dir_at(layout.root_fd(), OsStr::new(h)) {
@@ -292,9 +296,9 @@ impl Layout {
                             fd,
                             stat,
                         }),
-                        Err(e) => problems.push(format!("host dir {}: {e}", path.display())),
+                        Err(e) => problems.push(format!("host dir {}: {e}", quote::path(&path))),
                     },
-                    Err(e) => problems.push(format!("host dir {}: {e}", path.display())),
+                    Err(e) => problems.push(format!("host dir {}: {e}", quote::path(&path))),
                 },
             }
         }

@@ -11,6 +11,7 @@ pub mod logbuf;
 pub mod migrate;
 pub mod names;
 pub mod prune;
+pub mod quote;
 pub mod settle;
 pub mod state;
 pub mod statedir;

@@ -189,10 +189,13 @@ impl Source {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("DISTLINK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = format == LogFormat::Json;
+    // No ANSI colours: the writer escapes every ESC (a name must not drive
+    // a terminal), and a daemon's log is rarely a terminal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| distlink::logbuf::Writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(move || distlink::logbuf::Writer { json })
+        .with_ansi(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -15,6 +15,7 @@ use crate::engine::{self, Engine, Imported, Progress};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::names::NameFilter;
+use crate::quote;
 use crate::state::{self, Store};
 
 #[derive(Debug, Clone, Default)]
@@ -87,7 +88,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
             return Err(Error::Refused(format!(
                 "distlink (pid {pid}) holds the state lock {}; it already distributes every new \
                  file. Stop it to link everything with `distlink migrate`",
-                cfg.state_dir.display()
+                quote::path(&cfg.state_dir)
             )));
         };
         let layout = Layout::open(&cfg.root, &cfg.hosts)?;
@@ -177,13 +178,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
     report.conflicts.sort();
     report.not_settled = young
         .iter()
-        .map(|y| {
-            engine.layout.hosts[y.host]
-                .path
-                .join(&y.name)
-                .display()
-                .to_string()
-        })
+        .map(|y| quote::path(&engine.layout.hosts[y.host].path.join(&y.name)).to_string())
         .collect();
     Ok(report)
 }

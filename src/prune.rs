@@ -13,10 +13,11 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::engine::{self, show};
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::names::NameFilter;
+use crate::quote;
 
 /// Which files to remove. With several criteria, a file is removed only
 /// when every one given selects it.
@@ -66,13 +67,13 @@ pub fn read_keep_list(path: &std::path::Path, nul: bool) -> Result<HashSet<OsStr
     } else {
         std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes).map(|_| ()))
     };
-    res.map_err(|e| Error::Usage(format!("{flag} {}: {e}", path.display())))?;
+    res.map_err(|e| Error::Usage(format!("{flag} {}: {e}", quote::path(path))))?;
     let parsed = if nul {
         parse_keep_nul(&bytes)
     } else {
         parse_keep_lines(&bytes)
     };
-    parsed.map_err(|e| Error::Usage(format!("{flag} {}: {e}", path.display())))
+    parsed.map_err(|e| Error::Usage(format!("{flag} {}: {e}", quote::path(path))))
 }
 
 pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result<PruneReport> {
@@ -98,7 +99,7 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
                 };
                 return Err(Error::Usage(format!(
                     "{flag} {} names no file, which would remove everything; use --all to empty a host",
-                    p.display()
+                    quote::path(p)
                 )));
             }
             Some(k)
@@ -141,12 +142,12 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
                     report.bytes_still_held += st.size;
                 }
                 report.removed.push(Removed {
-                    name: show(&name),
+                    name: quote::name(&name).to_string(),
                     bytes: st.size,
                     freed,
                 });
                 if !dry_run {
-                    tracing::info!(path = %dir.path.join(&name).display(), freed, "pruned");
+                    tracing::info!(path = %quote::path(&dir.path.join(&name)), freed, "pruned");
                 }
             }
             Err(e) => report.errors.push(e.to_string()),
@@ -234,7 +235,7 @@ fn keep_name(names: &mut HashSet<OsString>, name: Vec<u8>) -> std::result::Resul
     if name.contains(&b'/') {
         return Err(format!(
             "{} holds '/': a keep list holds names, not a path",
-            show(std::ffi::OsStr::from_bytes(&name))
+            quote::name(std::ffi::OsStr::from_bytes(&name))
         ));
     }
     names.insert(OsString::from_vec(name));
@@ -301,7 +302,7 @@ pub fn unescape_name(s: &[u8]) -> std::result::Result<Vec<u8>, String> {
             other => {
                 return Err(format!(
                     "unknown escape \\{} (a backslash is written \\\\)",
-                    show(std::ffi::OsStr::from_bytes(&[other]))
+                    quote::name(std::ffi::OsStr::from_bytes(&[other]))
                 ));
             }
         }
@@ -330,7 +331,7 @@ mod tests {
                 continue;
             }
             for name in [vec![b], vec![b'a', b, b'z'], vec![b, b, b'.', b]] {
-                let shown = show(std::ffi::OsStr::from_bytes(&name));
+                let shown = quote::name(std::ffi::OsStr::from_bytes(&name)).to_string();
                 assert_eq!(unescape_name(shown.as_bytes()), Ok(name.clone()), "{shown}");
             }
         }

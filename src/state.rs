@@ -672,7 +672,7 @@ impl Store {
                 "state store {} is unreadable ({message}); distlink will not guess what was \
                  distributed. Move it aside and run `distlink sync --adopt` to take the host dirs \
                  as they are now",
-                path.display()
+                crate::quote::path(&path)
             )),
             e => e,
         })?;
@@ -721,17 +721,17 @@ impl Store {
                      would be undone. If the root was moved or restored on purpose, run \
                      `distlink sync --adopt` to bind the record to it (every file now in the \
                      host dirs then counts as distributed)",
-                    self.path.display(),
-                    root.display(),
+                    crate::quote::path(&self.path),
+                    crate::quote::path(root),
                     w.encode(),
                     now.encode()
                 )));
             }
             Some(_) => {
-                tracing::warn!(root = %root.display(), "record bound to this root (sync --adopt)")
+                tracing::warn!(root = %crate::quote::path(root), "record bound to this root (sync --adopt)")
             }
             None if self.rec.initialized => {
-                tracing::info!(root = %root.display(), "record bound to this root (it did not say which it described)")
+                tracing::info!(root = %crate::quote::path(root), "record bound to this root (it did not say which it described)")
             }
             None => {}
         }
@@ -760,7 +760,7 @@ impl Store {
         }
         let (entries, unread) = Entry::decode_all(&data);
         if unread > 0 {
-            tracing::warn!(path = %self.journal_path.display(), bytes = unread,
+            tracing::warn!(path = %crate::quote::path(&self.journal_path), bytes = unread,
                 "links journal ends in an unreadable entry; it is ignored");
         }
         let n = entries.len();
@@ -811,7 +811,7 @@ impl Store {
                 }
             }
         }
-        tracing::info!(path = %self.journal_path.display(), entries = n,
+        tracing::info!(path = %crate::quote::path(&self.journal_path), entries = n,
             "links made by a process that stopped before writing the record are taken from the journal");
         self.journal_dirty = true;
         Ok(())
@@ -932,7 +932,7 @@ impl Store {
                          COMMIT;",
                     )
                     .map_err(&e)?;
-                tracing::info!(path = %p.display(), "record upgraded to schema version 2");
+                tracing::info!(path = %crate::quote::path(&p), "record upgraded to schema version 2");
             }
             Some(v) => {
                 return Err(Error::State {
@@ -1228,7 +1228,7 @@ impl Store {
         match &res {
             Ok(()) => {
                 if self.failing.take().is_some() {
-                    tracing::info!(path = %self.path.display(), "the record can be written again; distribution resumes");
+                    tracing::info!(path = %crate::quote::path(&self.path), "the record can be written again; distribution resumes");
                 }
             }
             Err(e) => self.failed(e),
@@ -1285,11 +1285,11 @@ impl Store {
         }
         let (db, journal) = self.file_ids();
         if db != self.files.0 {
-            tracing::warn!(path = %self.path.display(), "the record was deleted or replaced while distlink ran; writing it again from the copy distlink holds open");
+            tracing::warn!(path = %crate::quote::path(&self.path), "the record was deleted or replaced while distlink ran; writing it again from the copy distlink holds open");
             self.rebuild_db()?;
         }
         if journal != self.files.1 {
-            tracing::warn!(path = %self.journal_path.display(), "the links journal was deleted or replaced while distlink ran; starting a new one");
+            tracing::warn!(path = %crate::quote::path(&self.journal_path), "the links journal was deleted or replaced while distlink ran; starting a new one");
             self.journal = self
                 .dir
                 .create_file(OsStr::new(JOURNAL_NAME), 0o600, false)

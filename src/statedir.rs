@@ -38,11 +38,11 @@ fn refused_unsafe(path: &Path, st: &nix::sys::stat::FileStat, why: &str) -> Erro
          where, so no user but root may be able to change or replace it. Fix: `chown root:root {p}` \
          and `chmod go-w {p}`, or choose a state_dir under a root-only directory such as \
          /var/lib/distlink",
-        path.display(),
+        crate::quote::path(path),
         st.st_uid,
         st.st_gid,
         st.st_mode & 0o7777,
-        p = path.display()
+        p = crate::quote::path(path)
     ))
 }
 
@@ -91,7 +91,7 @@ impl StateDir {
         if !path.is_absolute() {
             return Err(Error::Config(format!(
                 "state_dir: {} is not an absolute path",
-                path.display()
+                crate::quote::path(path)
             )));
         }
         // Symlinks in the administrator's own path are resolved once, here;
@@ -100,12 +100,18 @@ impl StateDir {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let parent = path.parent().ok_or_else(|| {
-                    Error::Config(format!("state_dir: {} has no parent", path.display()))
+                    Error::Config(format!(
+                        "state_dir: {} has no parent",
+                        crate::quote::path(path)
+                    ))
                 })?;
                 // The parent is created (and checked) first, then this dir.
                 let dir = StateDir::open_outside(parent, outside)?;
                 let name = path.file_name().ok_or_else(|| {
-                    Error::Config(format!("state_dir: {} has no name", path.display()))
+                    Error::Config(format!(
+                        "state_dir: {} has no name",
+                        crate::quote::path(path)
+                    ))
                 })?;
                 match fsops::mkdir_at(dir.fd(), name, 0o700) {
                     Ok(()) | Err(Errno::EEXIST) => {}
@@ -138,7 +144,7 @@ impl StateDir {
                 Errno::ELOOP | Errno::ENOTDIR => Error::Refused(format!(
                     "state dir: {} is not a directory (or was replaced by a symlink while being \
                      opened)",
-                    at.display()
+                    crate::quote::path(&at)
                 )),
                 e => Error::sys(&at, e),
             })?;
@@ -178,8 +184,8 @@ impl StateDir {
                 "state dir {} lies inside {what} {} (compared by identity, not by path), where \
                  clients and portage write; choose a state_dir outside it, such as \
                  /var/lib/distlink",
-                self.path.display(),
-                dir.display()
+                crate::quote::path(&self.path),
+                crate::quote::path(dir)
             )));
         }
         Ok(())
@@ -206,7 +212,7 @@ impl StateDir {
                 return Err(Error::Refused(format!(
                     "another distlink process{pid} holds the lock on the state dir {} (is the \
                      daemon running?)",
-                    self.path.display()
+                    crate::quote::path(&self.path)
                 )));
             }
             Err((_, e)) => return Err(Error::sys(&self.path, e)),
@@ -219,7 +225,7 @@ impl StateDir {
                     .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
             });
         if let Err(e) = written {
-            tracing::warn!(path = %self.path.join(PID_NAME).display(), error = %e, "cannot write the pid file");
+            tracing::warn!(path = %crate::quote::path(&self.path.join(PID_NAME)), error = %e, "cannot write the pid file");
         }
         Ok(lock)
     }
@@ -303,7 +309,7 @@ impl StateDir {
             Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFREG => Err(Error::Refused(format!(
                 "state file {} is not a regular file (a symlink?); distlink never follows one \
                  there. Remove it",
-                path.display()
+                crate::quote::path(&path)
             ))),
             Ok(st) => {
                 if !trusted_owner(st.st_uid) || writable_by_others(&st) || st.st_mode & 0o020 != 0 {
@@ -312,11 +318,11 @@ impl StateDir {
                          written by a user other than root; distlink will not trust it. Fix: \
                          `chown root:root {p}` and `chmod 600 {p}` if you are sure nobody else \
                          changed it, else move it aside",
-                        path.display(),
+                        crate::quote::path(&path),
                         st.st_uid,
                         st.st_gid,
                         st.st_mode & 0o7777,
-                        p = path.display()
+                        p = crate::quote::path(&path)
                     )));
                 }
                 Ok(())

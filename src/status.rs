@@ -11,10 +11,11 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::engine::{self, show};
+use crate::engine;
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::names::NameFilter;
+use crate::quote;
 use crate::state;
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,7 +112,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
     for (i, e) in &survey.unlisted {
         layout_problems.push(format!(
             "cannot list {}: {e}",
-            layout.hosts[*i].path.display()
+            quote::path(&layout.hosts[*i].path)
         ));
     }
     let now = SystemTime::now();
@@ -171,13 +172,13 @@ pub fn gather(cfg: &Config) -> Result<Status> {
             {
                 // Reported once per inode, not per host holding it.
                 seen_unknown.push(st.ino);
-                written_in_place.push(layout.hosts[*i].path.join(name).display().to_string());
+                written_in_place.push(quote::path(&layout.hosts[*i].path.join(name)).to_string());
             }
             if !known && !seen_unknown.contains(&st.ino) {
                 seen_unknown.push(st.ino);
                 if engine::old_enough(st, now, cfg.settle) {
                     let path = layout.hosts[*i].path.join(name);
-                    undistributed.push(path.display().to_string());
+                    undistributed.push(quote::path(&path).to_string());
                 } else {
                     settling += 1;
                 }
@@ -214,7 +215,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         // return: not a problem now.
         for ((n, _), hs) in &r.owed {
             for h in hs.iter().filter(|h| cfg.hosts.contains(h)) {
-                owed_links.push(format!("{} to host {h}", show(n)));
+                owed_links.push(format!("{} to host {h}", quote::name(n)));
             }
         }
         for (name, list) in &r.conflicts {
@@ -242,8 +243,8 @@ pub fn gather(cfg: &Config) -> Result<Status> {
     }
     let apparent: u64 = ordered.iter().map(|r| r.bytes).sum();
     Ok(Status {
-        root: cfg.root.display().to_string(),
-        state_dir: cfg.state_dir.display().to_string(),
+        root: quote::path(&cfg.root).to_string(),
+        state_dir: quote::path(&cfg.state_dir).to_string(),
         daemon_pid: state::lock_holder(&cfg.state_dir),
         record: rec.as_ref().is_some_and(|r| r.initialized),
         hosts: ordered,
@@ -282,7 +283,7 @@ pub fn conflict_line(name: &OsStr, list: &[state::Conflict]) -> String {
         .collect();
     format!(
         "{}: {} versions: {}",
-        show(name),
+        quote::name(name),
         versions.len(),
         parts.join("; ")
     )

@@ -72,7 +72,7 @@ impl Engine {
         let h = &self.layout.hosts[host];
         tracing::warn!(
             host = %h.name,
-            path = %h.path.join(name).display(),
+            path = %crate::quote::path(&h.path.join(name)),
             size_was = was.0,
             size = st.size,
             "a distributed file was written in place: every host holds this one inode and sees the change; \

@@ -10,10 +10,11 @@ use std::path::Path;
 use nix::errno::Errno;
 
 use super::survey::{Present, par_map};
-use super::{Engine, Failure, Mode, ineligible, show};
+use super::{Engine, Failure, Mode, ineligible};
 use crate::error::FileError;
 use crate::fsops::{self, FileStat};
 use crate::names;
+use crate::quote;
 use crate::state::Conflict;
 
 impl Engine {
@@ -202,13 +203,13 @@ impl Engine {
                     if let Some(e) = self.echoes.as_mut() {
                         e.insert((h, name.to_os_string()));
                     }
-                    tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name), "linked");
+                    tracing::debug!(host = %self.layout.hosts[h].name, name = %quote::name(name), "linked");
                 }
                 Err(Errno::EEXIST) => {
                     // The host's own copy landed between the survey and the
                     // link (two hosts fetching one name at once): it holds
                     // the name, its own arrival merges or records it.
-                    tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name),
+                    tracing::debug!(host = %self.layout.hosts[h].name, name = %quote::name(name),
                         "name appeared in the host meanwhile (EEXIST); not owed");
                 }
                 Err(e) => failures.push(Failure {
@@ -239,13 +240,13 @@ impl Engine {
                 match self.replace(h, name, wfd, &wst, &s) {
                     Ok(true) => {
                         self.counters.merged += 1;
-                        tracing::debug!(host = %self.layout.hosts[h].name, name = %show(name),
+                        tracing::debug!(host = %self.layout.hosts[h].name, name = %quote::name(name),
                             "merged identical copy into one inode");
                     }
                     // The host still holds the name (or pruned it meanwhile):
                     // not owed; a later scan merges what is left.
                     Ok(false) => tracing::debug!(host = %self.layout.hosts[h].name,
-                        name = %show(name), "changed during merge; left as it is"),
+                        name = %quote::name(name), "changed during merge; left as it is"),
                     Err(err) => tracing::debug!(error = %err, "merge not done; left as it is"),
                 }
             }
@@ -285,8 +286,8 @@ impl Engine {
                 if !already {
                     self.counters.conflicts += 1;
                     tracing::warn!(
-                        path = %self.layout.hosts[*h].path.join(name).display(),
-                        other = %self.layout.hosts[winner.0].path.join(name).display(),
+                        path = %quote::path(&self.layout.hosts[*h].path.join(name)),
+                        other = %quote::path(&self.layout.hosts[winner.0].path.join(name)),
                         kind = s.kind(),
                         "conflict: same name, different content; both left untouched"
                     );
@@ -459,7 +460,7 @@ pub fn same_content(
     if ast.size != bst.size {
         return Ok(false);
     }
-    tracing::debug!(a = %a.1.join(a.2).display(), b = %b.1.join(b.2).display(), bytes = ast.size, "comparing");
+    tracing::debug!(a = %crate::quote::path(&a.1.join(a.2)), b = %crate::quote::path(&b.1.join(b.2)), bytes = ast.size, "comparing");
     let mut fa = fsops::open_read_at(a.0, a.2, ast).map_err(|e| ea("open for compare", e))?;
     let mut fb = fsops::open_read_at(b.0, b.2, bst).map_err(|e| eb("open for compare", e))?;
     let same = fsops::same_bytes(&mut fa, &mut fb).map_err(|e| {

@@ -11,6 +11,7 @@ use super::{list_candidates, same_content};
 use crate::error::{FileError, Result};
 use crate::fsops;
 use crate::names::{self, NameFilter};
+use crate::quote;
 
 /// What importing a flat DISTDIR did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -43,13 +44,13 @@ pub fn import_flat(
 ) -> Result<Imported> {
     use crate::error::Error;
     let src = fsops::open_dir_path(from)
-        .map_err(|e| Error::Usage(format!("--from {}: {e}", from.display())))?;
+        .map_err(|e| Error::Usage(format!("--from {}: {e}", quote::path(from))))?;
     let sst = fsops::stat_fd(src.as_fd()).map_err(|e| Error::sys(from, e))?;
     if sst.dev != host.stat.dev && !copy {
         return Err(Error::Usage(format!(
             "--from {} is on another filesystem than {}; pass --copy to copy (fsync, verify, then remove)",
-            from.display(),
-            host.path.display()
+            quote::path(from),
+            quote::path(&host.path)
         )));
     }
     let listing = list_candidates(src.as_fd(), from, filter).map_err(|e| Error::sys(from, e))?;
@@ -85,8 +86,8 @@ pub fn import_flat(
                     }
                     Ok(false) => out.conflicts.push(format!(
                         "{} differs from {}; both left in place",
-                        from.join(&name).display(),
-                        host.path.join(&name).display()
+                        quote::path(&from.join(&name)),
+                        quote::path(&host.path.join(&name))
                     )),
                     Err(e) => out.errors.push(e.to_string()),
                 }
@@ -129,11 +130,11 @@ pub fn import_flat(
             let mut b =
                 fsops::open_read_at(host.fd(), &tmp, &copied).map_err(|e| err("open copy", e))?;
             if !fsops::same_bytes(&mut a, &mut b)
-                .map_err(|e| format!("{}: verify: {e}", from.join(&name).display()))?
+                .map_err(|e| format!("{}: verify: {e}", quote::path(&from.join(&name))))?
             {
                 return Err(format!(
                     "{}: copy does not verify",
-                    from.join(&name).display()
+                    quote::path(&from.join(&name))
                 ));
             }
             fsops::rename_noreplace(host.fd(), &tmp, host.fd(), &name)

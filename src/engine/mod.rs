@@ -31,7 +31,6 @@ pub use survey::{Present, Survey, survey};
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -40,6 +39,7 @@ use crate::error::{FileError, Result};
 use crate::fsops::{self, FileStat};
 use crate::layout::Layout;
 use crate::names::NameFilter;
+use crate::quote;
 use crate::state::Store;
 
 /// How long a check that every host dir is still the one held open is
@@ -277,7 +277,7 @@ impl Engine {
         let fsync = |dirs: &[&crate::layout::HostDir]| {
             for dir in dirs {
                 if let Err(e) = fsops::fsync_fd(dir.fd()) {
-                    tracing::warn!(path = %dir.path.display(), error = %e, "fsync of host dir failed");
+                    tracing::warn!(path = %quote::path(&dir.path), error = %e, "fsync of host dir failed");
                 }
             }
         };
@@ -296,11 +296,6 @@ impl Engine {
         }
         self.store.commit()
     }
-}
-
-/// A name for logs: lossless for UTF-8, escaped otherwise.
-pub fn show(name: &OsStr) -> String {
-    name.as_bytes().escape_ascii().to_string()
 }
 
 impl Engine {

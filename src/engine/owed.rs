@@ -3,9 +3,10 @@
 
 use std::ffi::{OsStr, OsString};
 
-use super::{Engine, Mode, RETRY_FIRST, RETRY_MAX, ineligible, show};
+use super::{Engine, Mode, RETRY_FIRST, RETRY_MAX, ineligible};
 use crate::error::Result;
 use crate::fsops;
+use crate::quote;
 
 impl Engine {
     /// Links still owed to hosts (failed earlier, or seeding a new host).
@@ -112,7 +113,7 @@ impl Engine {
             {
                 tracing::warn!(error = %e, "cannot write the links journal");
             }
-            tracing::debug!(host = %h, name = %show(name), "owed link dropped: the host holds the name");
+            tracing::debug!(host = %h, name = %quote::name(name), "owed link dropped: the host holds the name");
         }
     }
 

@@ -9,6 +9,7 @@ use super::{Engine, Mode, Progress, Young, ineligible, old_enough};
 use crate::error::Result;
 use crate::fsops::{self, FileStat};
 use crate::names;
+use crate::quote;
 
 impl Engine {
     /// Lists the candidates in every host dir. Host dirs that vanished are
@@ -35,7 +36,7 @@ impl Engine {
         self.hosts_checked = None;
         let s = survey(&self.layout, &self.filter, &usable);
         for (i, e) in &s.unlisted {
-            tracing::error!(path = %self.layout.hosts[*i].path.display(), error = %e, "cannot list host dir");
+            tracing::error!(path = %quote::path(&self.layout.hosts[*i].path), error = %e, "cannot list host dir");
         }
         complete &= s.complete;
         if cleanup_temps {
@@ -78,7 +79,7 @@ impl Engine {
                         && held.get(&(*host, t.winner)) == Some(&st.size))
             });
             if spare && fsops::unlink_at(h.fd(), name).is_ok() {
-                tracing::info!(path = %h.path.join(name).display(), "removed a temp link left by a crash during a merge");
+                tracing::info!(path = %quote::path(&h.path.join(name)), "removed a temp link left by a crash during a merge");
             } else {
                 left.push(h.path.join(name));
             }
@@ -86,7 +87,7 @@ impl Engine {
         if let Some(first) = left.first() {
             tracing::warn!(
                 count = left.len(),
-                first = %first.display(),
+                first = %quote::path(first),
                 "names under distlink's temp prefix that are not provably its own leftovers; left for the admin"
             );
         }
@@ -172,7 +173,7 @@ impl Engine {
                 Ok(fd) => fd,
                 Err(nix::errno::Errno::ENOENT) => continue,
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read the dir of a host that left the configuration; the record forgets nothing until it can");
+                    tracing::warn!(path = %quote::path(&path), error = %e, "cannot read the dir of a host that left the configuration; the record forgets nothing until it can");
                     return None;
                 }
             };

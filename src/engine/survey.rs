@@ -42,7 +42,7 @@ pub(super) fn stat_failed(dir: &Path, name: &OsStr, err: Errno) -> bool {
     if err == Errno::ENOENT {
         return true;
     }
-    tracing::warn!(path = %dir.join(name).display(), error = %err, "cannot stat; skipped");
+    tracing::warn!(path = %crate::quote::path(&dir.join(name)), error = %err, "cannot stat; skipped");
     false
 }
 
