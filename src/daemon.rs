@@ -16,6 +16,7 @@ use crate::config::{Config, Overrides, WatchMode};
 use crate::engine::{self, Arrival, Engine, show};
 use crate::error::{Error, Result};
 use crate::fsops;
+use crate::identity;
 use crate::layout::Layout;
 use crate::logbuf;
 use crate::names::NameFilter;
@@ -41,7 +42,9 @@ const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// either resurrect prunes or strand files.
 pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
     let layout = Layout::open(&cfg.root, &cfg.hosts)?;
-    let store = Store::open(&cfg.state_dir)?;
+    identity::announce(&layout);
+    let mut store = Store::open(&cfg.state_dir)?;
+    identity::upgrade_record(&layout, &mut store);
     let filter = NameFilter::new(&cfg.ignore)?;
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
     if adopt {

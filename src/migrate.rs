@@ -132,7 +132,8 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         }
         None => cfg.state_dir.clone(),
     };
-    let store = Store::open(&state_dir)?;
+    let mut store = Store::open(&state_dir)?;
+    crate::identity::upgrade_record(&layout, &mut store);
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
     engine.dry_run = opts.dry_run;
     let young = if engine.store.is_initialized() {
