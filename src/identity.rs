@@ -30,11 +30,15 @@ pub struct FsIdentity {
 
 /// Looks at the filesystem of the host dirs.
 pub fn probe(layout: &Layout) -> Result<FsIdentity, Errno> {
-    let fd = layout
+    probe_fd(first_dir(layout))
+}
+
+/// The first host dir, else the root.
+fn first_dir(layout: &Layout) -> BorrowedFd<'_> {
+    layout
         .hosts
         .first()
-        .map_or_else(|| layout.root_fd(), |h| h.fd());
-    probe_fd(fd)
+        .map_or_else(|| layout.root_fd(), |h| h.fd())
 }
 
 /// Looks at the filesystem of the directory `fd`.
@@ -127,7 +131,8 @@ fn log_probe(root: &Path, p: &FsIdentity) {
 /// rewritten, and rows of files gone everywhere are forgotten by the
 /// next full scan).
 pub fn upgrade_record(layout: &Layout, store: &mut Store) -> usize {
-    let dir_has_birth_time = probe(layout).is_ok_and(|p| p.identity == Identity::BirthTime);
+    let dir_has_birth_time = fsops::stat_fd(first_dir(layout))
+        .is_ok_and(|st| Identity::of_stamp(st.birth_ns) == Identity::BirthTime);
     if dir_has_birth_time {
         return 0;
     }
