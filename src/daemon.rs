@@ -16,6 +16,7 @@ use crate::config::{Config, Overrides, WatchMode};
 use crate::engine::{self, Arrival, Engine};
 use crate::error::{Error, Result};
 use crate::fsops;
+use crate::identity;
 use crate::layout::Layout;
 use crate::logbuf;
 use crate::names::NameFilter;
@@ -48,8 +49,10 @@ pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
     // host dir is created: an unmounted root must not be filled with new
     // empty host dirs that would make the record forget every file.
     let mut layout = Layout::open_root(&cfg.root)?;
-    let store = Store::open_for_root(&cfg.state_dir, &cfg.root, layout.root_fd(), adopt)?;
+    let mut store = Store::open_for_root(&cfg.state_dir, &cfg.root, layout.root_fd(), adopt)?;
     layout.open_hosts(&cfg.hosts)?;
+    identity::announce(&layout);
+    identity::upgrade_record(&layout, &mut store);
     let filter = NameFilter::new(&cfg.ignore)?;
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
     if adopt {

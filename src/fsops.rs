@@ -4,7 +4,7 @@
 //! symlink in the last path component: the directories are controlled by NFS
 //! clients, and distlink runs as root.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::Read;
 use std::mem::MaybeUninit;
@@ -27,8 +27,8 @@ pub struct FileStat {
     pub size: u64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
-    /// Birth time where the filesystem reports one, else the mtime: the
-    /// birth stamp of [`FileId`].
+    /// The birth stamp of [`FileId`] (see there): the birth time, else
+    /// the inode generation, else a constant, never the mtime.
     pub birth_ns: i64,
     /// The mount it was reached through, 0 when the kernel does not say
     /// (hard links cannot cross mounts, even of one filesystem).
@@ -39,14 +39,70 @@ pub struct FileStat {
 
 const _: () = assert!(std::mem::size_of::<FileStat>() == 64);
 
-/// The identity of one file generation: its inode number plus a birth stamp
-/// (the birth time where the filesystem has one, else the mtime), so that an
-/// inode number reused by the filesystem for a new download is not mistaken
-/// for the old, already distributed file.
+/// The identity of one file generation: its inode number plus a birth
+/// stamp, so that an inode number reused by the filesystem for a new
+/// download is not mistaken for the old, already distributed file. Nothing
+/// a write or a `touch` changes goes into it. The stamp is:
+///
+/// - the birth time in nanoseconds, where `statx` reports one (ext4 with
+///   256-byte inodes, xfs, btrfs, tmpfs): free, it comes with the stat;
+/// - else, for a regular file, `i64::MIN + generation`, where the
+///   filesystem gives the inode generation (`FS_IOC_GETVERSION`: ext2/3/4
+///   with 128-byte inodes), a 32-bit number it draws anew for every inode
+///   it allocates;
+/// - else [`INODE_ONLY_STAMP`] (`i64::MIN + 2^32`): the inode number
+///   alone tells generations apart (some network and FUSE filesystems),
+///   so a new download that gets the inode number of a still recorded
+///   generation of its name is taken for it.
+///
+/// The last two lie below any birth time a filesystem can report (they are
+/// years before 1677; ext4 and xfs stop at 1901), and a birth time is kept
+/// above them, so the three never collide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId {
     pub ino: u64,
     pub birth: i64,
+}
+
+/// The birth stamp of a generation on a filesystem that gives neither a
+/// birth time nor an inode generation (see [`FileId`]).
+pub const INODE_ONLY_STAMP: i64 = i64::MIN + (1 << 32);
+
+/// Birth times are kept at or above this (below lie the other stamps).
+const LOWEST_BIRTH_TIME: i64 = INODE_ONLY_STAMP + 1;
+
+/// What tells the generations of one inode number apart on a filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    BirthTime,
+    Generation,
+    InodeOnly,
+}
+
+impl Identity {
+    /// Which identity a birth stamp comes from.
+    pub fn of_stamp(birth: i64) -> Identity {
+        if birth >= LOWEST_BIRTH_TIME {
+            Identity::BirthTime
+        } else if birth == INODE_ONLY_STAMP {
+            Identity::InodeOnly
+        } else {
+            Identity::Generation
+        }
+    }
+
+    /// For logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Identity::BirthTime => "birth time",
+            Identity::Generation => "inode generation",
+            Identity::InodeOnly => "inode number only",
+        }
+    }
+}
+
+fn generation_stamp(generation: u32) -> i64 {
+    i64::MIN + i64::from(generation)
 }
 
 impl FileStat {
@@ -91,7 +147,21 @@ fn cstr(name: &OsStr) -> Result<CString, Errno> {
     CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
-fn statx_raw(dirfd: BorrowedFd<'_>, name: &CString, flags: i32) -> Result<FileStat, Errno> {
+/// Where the file `statx` looked at can be reached again, to ask for its
+/// inode generation.
+#[derive(Clone, Copy)]
+enum Reach<'a> {
+    /// `name` in the directory `dirfd`, not following a symlink.
+    At(BorrowedFd<'a>, &'a CStr),
+    /// The fd itself (an `O_PATH` fd or an open file).
+    Fd(BorrowedFd<'a>),
+}
+
+fn statx_raw(reach: Reach<'_>) -> Result<FileStat, Errno> {
+    let (dirfd, name, flags) = match reach {
+        Reach::At(dirfd, name) => (dirfd, name, 0),
+        Reach::Fd(fd) => (fd, c"", libc::AT_EMPTY_PATH),
+    };
     let mut buf = MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: `name` is a valid NUL-terminated string and `buf` is a valid
     // out-pointer for one `struct statx`.
@@ -109,32 +179,156 @@ fn statx_raw(dirfd: BorrowedFd<'_>, name: &CString, flags: i32) -> Result<FileSt
     }
     // SAFETY: statx succeeded and filled the structure.
     let s = unsafe { buf.assume_init() };
-    let ts = |t: libc::statx_timestamp| t.tv_sec * 1_000_000_000 + i64::from(t.tv_nsec);
-    let mtime_ns = ts(s.stx_mtime);
-    Ok(FileStat {
+    // Saturating: a client may set any mtime.
+    let ts = |t: libc::statx_timestamp| {
+        t.tv_sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(t.tv_nsec))
+    };
+    let mut st = FileStat {
         dev: libc::makedev(s.stx_dev_major, s.stx_dev_minor),
         ino: s.stx_ino,
         mode: u32::from(s.stx_mode),
         nlink: s.stx_nlink,
         size: s.stx_size,
-        mtime_ns,
+        mtime_ns: ts(s.stx_mtime),
         ctime_ns: ts(s.stx_ctime),
-        birth_ns: if s.stx_mask & libc::STATX_BTIME != 0 {
-            ts(s.stx_btime)
-        } else {
-            mtime_ns
-        },
+        birth_ns: INODE_ONLY_STAMP,
         mnt_id: if s.stx_mask & libc::STATX_MNT_ID != 0 {
             s.stx_mnt_id
         } else {
             0
         },
-    })
+    };
+    // A zero birth time is none: ext4 reports one once it grows an old
+    // inode's extra space (on a write), zeroed.
+    let btime = s.stx_btime;
+    if s.stx_mask & libc::STATX_BTIME != 0 && (btime.tv_sec, btime.tv_nsec) != (0, 0) {
+        st.birth_ns = ts(btime).max(LOWEST_BIRTH_TIME);
+    } else if st.is_regular() {
+        st.birth_ns = stamp_without_birth_time(reach, &st)?;
+    }
+    Ok(st)
+}
+
+/// The birth stamp of the regular file `st` (just `statx`ed through
+/// `reach`), which has no birth time: its inode generation where its
+/// filesystem keeps a stable one, else [`INODE_ONLY_STAMP`].
+fn stamp_without_birth_time(reach: Reach<'_>, st: &FileStat) -> Result<i64, Errno> {
+    if !keeps_generations(reach, st)? {
+        return Ok(INODE_ONLY_STAMP);
+    }
+    // An ioctl needs a real open file: an `O_PATH` fd (EBADF) is opened
+    // again, through /proc, as the very inode it pins. A name is opened
+    // without following a symlink and without side effects (no blocking,
+    // no controlling tty); it is known to be a regular file, and is
+    // checked to still be the inode that was `statx`ed.
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let generation = match reach {
+        Reach::Fd(fd) => match inode_generation(fd) {
+            Err(Errno::EBADF) => {
+                let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                let file = nix::fcntl::open(path.as_str(), flags, Mode::empty())?;
+                generation_if_same(file.as_fd(), st)?
+            }
+            other => other?,
+        },
+        Reach::At(dirfd, name) => {
+            let file = nix::fcntl::openat(dirfd, name, flags | OFlag::O_NOFOLLOW, Mode::empty())?;
+            generation_if_same(file.as_fd(), st)?
+        }
+    };
+    Ok(generation_stamp(generation))
+}
+
+/// The inode generation of the open file `fd`, when it is the inode `st`
+/// describes (ESTALE when the name was replaced meanwhile).
+fn generation_if_same(fd: BorrowedFd<'_>, st: &FileStat) -> Result<u32, Errno> {
+    let now = nix::sys::stat::fstat(fd)?;
+    if now.st_dev != st.dev || now.st_ino != st.ino {
+        return Err(Errno::ESTALE);
+    }
+    inode_generation(fd)
+}
+
+/// `FS_IOC_GETVERSION`: the inode generation, which the filesystem sets when
+/// it allocates the inode and nothing but that ioctl's setter changes.
+pub fn inode_generation(fd: BorrowedFd<'_>) -> Result<u32, Errno> {
+    // Declared as a `long`, but every filesystem writes an `int` at the
+    // start of it.
+    let mut buf = [0u8; std::mem::size_of::<libc::c_long>()];
+    // SAFETY: `buf` is a writable buffer of the size the request declares.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETVERSION, buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(Errno::last());
+    }
+    Ok(u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]))
+}
+
+/// Filesystems whose inode generation (`FS_IOC_GETVERSION`) is a stable
+/// identity: set at allocation, drawn anew for each, kept on disk.
+const GENERATION_KEEPERS: [nix::sys::statfs::FsType; 6] = {
+    use nix::sys::statfs::*;
+    [
+        EXT4_SUPER_MAGIC, // also ext2 and ext3: one magic number
+        XFS_SUPER_MAGIC,
+        BTRFS_SUPER_MAGIC,
+        F2FS_SUPER_MAGIC,
+        NILFS_SUPER_MAGIC,
+        REISERFS_SUPER_MAGIC,
+    ]
+};
+
+/// Whether a filesystem of this type keeps stable inode generations.
+pub fn type_keeps_generations(fs: nix::sys::statfs::FsType) -> bool {
+    GENERATION_KEEPERS.contains(&fs)
+}
+
+/// Per device: whether its filesystem keeps stable inode generations.
+/// Decided by the filesystem's type, never by how one file answers, so
+/// that every file and every run agrees.
+static GENERATIONS: std::sync::Mutex<Vec<(u64, bool)>> = std::sync::Mutex::new(Vec::new());
+
+fn keeps_generations(reach: Reach<'_>, st: &FileStat) -> Result<bool, Errno> {
+    let known = |dev| {
+        GENERATIONS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(d, _)| *d == dev)
+            .map(|(_, k)| *k)
+    };
+    if let Some(k) = known(st.dev) {
+        return Ok(k);
+    }
+    // Once per filesystem: its type, through an fd on the file itself (an
+    // `O_PATH` one: opens nothing, needs no permission).
+    let fs = match reach {
+        Reach::Fd(fd) => nix::sys::statfs::fstatfs(fd)?,
+        Reach::At(dirfd, name) => {
+            let fd = nix::fcntl::openat(
+                dirfd,
+                name,
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            if nix::sys::stat::fstat(fd.as_fd())?.st_dev != st.dev {
+                return Err(Errno::ESTALE);
+            }
+            nix::sys::statfs::fstatfs(fd.as_fd())?
+        }
+    };
+    let keeps = type_keeps_generations(fs.filesystem_type());
+    let mut all = GENERATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if !all.iter().any(|(d, _)| *d == st.dev) {
+        all.push((st.dev, keeps));
+    }
+    Ok(keeps)
 }
 
 /// `statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`.
 pub fn stat_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<FileStat, Errno> {
-    statx_raw(dirfd, &cstr(name)?, 0)
+    statx_raw(Reach::At(dirfd, &cstr(name)?))
 }
 
 /// The birth time of an open file, where the filesystem reports one.
@@ -161,7 +355,7 @@ pub fn birth_time(fd: BorrowedFd<'_>) -> Result<Option<i64>, Errno> {
 
 /// `statx` of an open fd (`AT_EMPTY_PATH`).
 pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileStat, Errno> {
-    statx_raw(fd, &CString::default(), libc::AT_EMPTY_PATH)
+    statx_raw(Reach::Fd(fd))
 }
 
 /// Opens a directory entry as a directory, refusing symlinks.
@@ -464,4 +658,99 @@ pub fn open_for_writing(
     // SAFETY: as above. (Closing the fd would release the lease too.)
     unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK as libc::c_int) };
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_three_kinds_of_birth_stamp_never_collide() {
+        assert_eq!(
+            Identity::of_stamp(generation_stamp(0)),
+            Identity::Generation
+        );
+        assert_eq!(
+            Identity::of_stamp(generation_stamp(u32::MAX)),
+            Identity::Generation
+        );
+        assert_eq!(Identity::of_stamp(INODE_ONLY_STAMP), Identity::InodeOnly);
+        // The earliest birth time ext4 and xfs can hold (1901), and any
+        // later one, is a birth time.
+        for t in [
+            -(1i64 << 31) * 1_000_000_000,
+            -1,
+            1,
+            1_700_000_000_000_000_000,
+        ] {
+            assert_eq!(Identity::of_stamp(t), Identity::BirthTime, "{t}");
+        }
+        assert_eq!(Identity::of_stamp(LOWEST_BIRTH_TIME), Identity::BirthTime);
+        assert!(generation_stamp(u32::MAX) < INODE_ONLY_STAMP);
+    }
+
+    fn open_tmp() -> (tempfile::TempDir, OwnedFd) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fd = open_dir_path(dir.path()).expect("open dir");
+        (dir, fd)
+    }
+
+    #[test]
+    fn a_write_or_touch_keeps_the_identity_and_every_way_of_looking_agrees() {
+        let (dir, dfd) = open_tmp();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello").expect("write");
+        let name = OsStr::new("f");
+        let first = stat_at(dfd.as_fd(), name).expect("stat");
+        let pinned = open_path_at(dfd.as_fd(), name).expect("pin");
+        assert_eq!(
+            stat_fd(pinned.as_fd()).expect("stat O_PATH").id(),
+            first.id()
+        );
+        let read = open_read_at(dfd.as_fd(), name, &first).expect("open");
+        assert_eq!(stat_fd(read.as_fd()).expect("stat fd").id(), first.id());
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open for writing");
+            f.write_all(b"J").expect("write one byte");
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+                .expect("touch");
+        }
+        let after = stat_at(dfd.as_fd(), name).expect("stat again");
+        assert_ne!(after.mtime_ns, first.mtime_ns);
+        assert_eq!(
+            after.id(),
+            first.id(),
+            "a write and a touch changed the identity"
+        );
+        // A new file is a new generation, whatever inode number it gets.
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::write(&path, b"hello").expect("write new");
+        let new = stat_at(dfd.as_fd(), name).expect("stat new");
+        assert!(new.ino != first.ino || new.birth_ns != first.birth_ns);
+    }
+
+    #[test]
+    fn the_inode_generation_needs_a_real_open_file() {
+        let (dir, dfd) = open_tmp();
+        std::fs::write(dir.path().join("f"), b"x").expect("write");
+        let keeps = nix::sys::statfs::fstatfs(dfd.as_fd())
+            .is_ok_and(|fs| type_keeps_generations(fs.filesystem_type()));
+        if !keeps {
+            eprintln!("skipped: the temp dir's filesystem keeps no inode generations");
+            return;
+        }
+        let pinned = open_path_at(dfd.as_fd(), OsStr::new("f")).expect("pin");
+        assert_eq!(inode_generation(pinned.as_fd()), Err(Errno::EBADF));
+        let st = stat_fd(pinned.as_fd()).expect("stat");
+        let file = open_read_at(dfd.as_fd(), OsStr::new("f"), &st).expect("open");
+        assert!(inode_generation(file.as_fd()).is_ok());
+        // The generation of another inode is refused.
+        std::fs::write(dir.path().join("g"), b"y").expect("write");
+        let other = stat_at(dfd.as_fd(), OsStr::new("g")).expect("stat g");
+        assert_eq!(generation_if_same(file.as_fd(), &other), Err(Errno::ESTALE));
+    }
 }

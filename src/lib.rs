@@ -6,6 +6,7 @@ pub mod engine;
 pub mod error;
 pub mod few;
 pub mod fsops;
+pub mod identity;
 pub mod layout;
 pub mod logbuf;
 pub mod migrate;

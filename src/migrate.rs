@@ -141,6 +141,8 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         }
         (None, None) => Store::open(&cfg.state_dir)?,
     };
+    let mut store = store;
+    crate::identity::upgrade_record(&layout, &mut store);
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
     engine.dry_run = opts.dry_run;
     let young = if engine.store.is_initialized() {

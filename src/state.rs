@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS conflicts (
 enum Op {
     /// Name, generation, size and mtime (unknown for links a journal told).
     Record(OsString, FileId, u64, Option<i64>),
+    /// A generation's identity stamp changed its form (an upgrade): the
+    /// row, its owed links and its sequence number are kept.
+    Rekey(OsString, FileId, FileId),
     /// The file was accepted as it is now (size, mtime).
     Restamp(OsString, FileId, u64, i64),
     Forget(OsString, FileId),
@@ -1007,6 +1010,24 @@ impl Store {
         stamps(&self.conn, &self.path)
     }
 
+    /// Gives a recorded generation another identity stamp in place (an
+    /// upgrade that changed how stamps are made): when it was recorded
+    /// (its commit sequence) and the links owed for it stay.
+    pub fn rekey(&mut self, name: &OsStr, old: FileId, new: FileId) {
+        let Some(ids) = self.rec.files.get_mut(name) else {
+            return;
+        };
+        if !ids.contains(&old) || ids.contains(&new) {
+            return;
+        }
+        ids.retain(|x| *x != old);
+        ids.push(new);
+        if let Some(hosts) = self.rec.owed.remove(&(name.to_os_string(), old)) {
+            self.rec.owed.insert((name.to_os_string(), new), hosts);
+        }
+        self.ops.push(Op::Rekey(name.to_os_string(), old, new));
+    }
+
     /// Accepts a distributed file as it is now (it was written in place).
     pub fn restamp(&mut self, name: &OsStr, id: FileId, size: u64, mtime: i64) {
         self.ops
@@ -1347,6 +1368,17 @@ impl Store {
                     "INSERT OR IGNORE INTO files (name, ino, birth, size, recorded_at, seq, mtime) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![n.as_bytes(), id.ino as i64, id.birth, *size as i64, now, seq, mtime],
                 ),
+                Op::Rekey(n, old, new) => tx
+                    .execute(
+                        "UPDATE files SET ino = ?4, birth = ?5 WHERE name = ?1 AND ino = ?2 AND birth = ?3",
+                        params![n.as_bytes(), old.ino as i64, old.birth, new.ino as i64, new.birth],
+                    )
+                    .and_then(|_| {
+                        tx.execute(
+                            "UPDATE owed SET ino = ?4, birth = ?5 WHERE name = ?1 AND ino = ?2 AND birth = ?3",
+                            params![n.as_bytes(), old.ino as i64, old.birth, new.ino as i64, new.birth],
+                        )
+                    }),
                 Op::Restamp(n, id, size, mtime) => tx.execute(
                     "UPDATE files SET size = ?4, mtime = ?5 WHERE name = ?1 AND ino = ?2 AND birth = ?3",
                     params![n.as_bytes(), id.ino as i64, id.birth, *size as i64, mtime],
