@@ -68,11 +68,28 @@ pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
         );
     } else if !engine.store.is_initialized() {
         if let Some(example) = engine.any_candidate() {
+            // Older versions kept the record inside the root: moving it
+            // keeps every prune it knows of.
+            let old = cfg.root.join(".distlink");
+            let hint = match fsops::stat_at(
+                engine.layout.root_fd(),
+                std::ffi::OsStr::new(".distlink"),
+            ) {
+                Ok(st) if st.is_dir() => format!(
+                    ". A record of an older version is in {old}: to keep its prunes, check that \
+                     nothing in it is a symlink or owned by anyone but root, then move \
+                     {old}/state.db* (with its -wal) and {old}/links.journal into {new} (replacing the empty \
+                     record there) and remove {old}",
+                    old = quote::path(&old),
+                    new = quote::path(&cfg.state_dir)
+                ),
+                _ => String::new(),
+            };
             return Err(Error::Refused(format!(
                 "no record of what was distributed yet ({}), but the host dirs already hold files \
                  (e.g. {}); distlink will not guess. Run `distlink migrate` to link every file \
                  into every host, or `distlink sync --adopt` to take the host dirs as they are \
-                 now as already distributed",
+                 now as already distributed{hint}",
                 quote::path(engine.store.path()),
                 quote::path(&example)
             )));

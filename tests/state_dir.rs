@@ -351,3 +351,34 @@ fn a_record_deleted_while_running_is_written_again_and_prunes_made_since_survive
     let ino = fs::metadata(env.state.join("state.db")).unwrap().ino();
     assert!(ino > 0);
 }
+
+#[test]
+fn a_record_left_inside_the_root_by_an_older_version_is_named_and_can_be_moved_with_its_prunes() {
+    let env = Env::new(&["a", "b"]);
+    let mut d = env.start();
+    env.fetch("a", "f.tar", b"f");
+    env.wait_everywhere("f.tar");
+    fs::remove_file(env.path("b", "f.tar")).unwrap();
+    assert!(d.stop().success());
+    // Where older versions kept it.
+    let old = env.root.join(".distlink");
+    fs::rename(&env.state, &old).unwrap();
+    let (code, out, err) = Env::output(env.command("run", &[]));
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        err.contains(&old.display().to_string()) && err.contains("move"),
+        "{err}"
+    );
+    // The documented move keeps the prune.
+    for e in fs::read_dir(&old).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_owned();
+        if n.to_string_lossy().starts_with("state.db") || n == "links.journal" {
+            fs::rename(&p, env.state.join(n)).unwrap();
+        }
+    }
+    fs::remove_dir_all(&old).unwrap();
+    let d = env.start();
+    env.stays_absent("b", "f.tar");
+    drop(d);
+}
