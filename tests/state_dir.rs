@@ -297,9 +297,26 @@ fn a_full_state_filesystem_pauses_distribution_and_nothing_pruned_comes_back() {
     d.wait_log("can be written again", WAIT);
     env.wait_everywhere("during.tar");
     d.kill9();
-    let d = env.start();
+    let mut d = env.start();
     env.stays_absent("b", "before.tar");
     assert!(env.same_inode(&["a", "c"], "before.tar"));
+    // Killed while paused: a prune made then stays, and what waited is
+    // distributed at the next start.
+    let _ = fs::write(&filler, vec![0u8; 512 << 10]);
+    let mut k = 0;
+    while !d.log().contains("cannot write the record") {
+        assert!(k < 50, "never paused: {}", d.log());
+        env.fetch("a", format!("again-{k}.tar"), b"again");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        k += 1;
+    }
+    fs::remove_file(env.path("c", "during.tar")).unwrap();
+    env.fetch("a", "waited.tar", b"waited");
+    d.kill9();
+    fs::remove_file(&filler).unwrap();
+    let d = env.start();
+    env.stays_absent("c", "during.tar");
+    env.wait_everywhere("waited.tar");
     drop(d);
 }
 
@@ -380,5 +397,23 @@ fn a_record_left_inside_the_root_by_an_older_version_is_named_and_can_be_moved_w
     fs::remove_dir_all(&old).unwrap();
     let d = env.start();
     env.stays_absent("b", "f.tar");
+    drop(d);
+}
+
+#[test]
+fn a_links_journal_deleted_while_running_is_started_again_and_still_keeps_a_prune() {
+    let env = Env::new(&["a", "b"]);
+    let mut d = env.start();
+    fs::remove_file(env.state.join("links.journal")).unwrap();
+    env.fetch("a", "first.tar", b"first");
+    env.wait_everywhere("first.tar");
+    d.wait_log("starting a new one", WAIT);
+    assert!(env.state.join("links.journal").exists());
+    assert!(d.stop().success());
+    // The new journal does its job: a prune between a link and the commit
+    // that records it survives a kill -9.
+    env.pruned_inside_the_commit_window("a", "late.tar", "b");
+    let d = env.start();
+    env.stays_absent("b", "late.tar");
     drop(d);
 }
