@@ -463,6 +463,8 @@ pub struct Store {
     /// (dev, ino) of the database and the links journal as opened: a file
     /// deleted or replaced behind distlink's back is noticed.
     files: StateFiles,
+    /// For the property test only: every write fails while set.
+    fault: bool,
 }
 
 /// (dev, ino) of the database and of the links journal, where they exist.
@@ -669,6 +671,7 @@ impl Store {
             journal_dirty: false,
             failing: None,
             files: (None, None),
+            fault: false,
         };
         store.setup().map_err(|e| match e {
             Error::State { path, message } => Error::Refused(format!(
@@ -821,6 +824,11 @@ impl Store {
     }
 
     fn journal_append(&mut self, e: &Entry) -> Result<()> {
+        if self.fault {
+            let e = self.injected();
+            self.failed(&e);
+            return Err(e);
+        }
         // One write: a process killed after it has the whole entry or none.
         let res =
             std::io::Write::write_all(&mut self.journal, &e.encode()).map_err(|err| Error::Io {
@@ -1232,6 +1240,11 @@ impl Store {
     /// [`Store::can_record`] is false; the first commit that succeeds again
     /// clears it.
     pub fn commit(&mut self) -> Result<()> {
+        if self.fault {
+            let e = self.injected();
+            self.failed(&e);
+            return Err(e);
+        }
         if self.failing.is_some() {
             // Resume only on proof: a real write to the database and to the
             // links journal (a no-op entry; the commit empties it).
@@ -1268,6 +1281,20 @@ impl Store {
             self.journal_dirty = false;
         }
         Ok(())
+    }
+
+    /// For the property test only: makes every write to the record fail
+    /// (`on`), as a full or failing filesystem would, or work again.
+    #[doc(hidden)]
+    pub fn inject_write_failures(&mut self, on: bool) {
+        self.fault = on;
+    }
+
+    fn injected(&self) -> Error {
+        Error::Io {
+            path: self.path.clone(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }
     }
 
     /// Whether the record can be written now. While it cannot, nothing is

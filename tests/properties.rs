@@ -111,6 +111,10 @@ enum Op {
     Leave { host: usize },
     /// The host that left is configured again.
     Return,
+    /// The record cannot be written any more (a full or failing disk).
+    RecordFails,
+    /// It can again.
+    RecordRecovers,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -128,6 +132,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (h(), n()).prop_map(|(host, name)| Op::PruneDuringMerge { host, name }),
         1 => h().prop_map(|host| Op::Leave { host }),
         1 => Just(Op::Return),
+        1 => Just(Op::RecordFails),
+        1 => Just(Op::RecordRecovers),
     ]
 }
 
@@ -198,7 +204,15 @@ proptest! {
         // while it was away.
         let mut absent: Option<usize> = None;
         let mut missed: std::collections::BTreeSet<usize> = Default::default();
+        // While the record cannot be written: the arrivals distlink could
+        // not distribute yet (host, name, content).
+        let mut failing = false;
+        let mut waiting: Vec<(usize, usize, u8)> = Vec::new();
         for (step, op) in ops.iter().enumerate() {
+            // Ops that need a healthy record wait until it is back.
+            if failing && matches!(op, Op::PlantAndAdopt { .. } | Op::Simultaneous { .. } | Op::RaceLink { .. } | Op::PruneDuringMerge { .. } | Op::Leave { .. } | Op::Return) {
+                continue;
+            }
             let present: Vec<usize> = (0..3).filter(|h| Some(*h) != absent).collect();
             let here = |h: &usize| Some(*h) != absent;
             // Every present host lacking the name gets `c` (an arrival).
@@ -210,7 +224,50 @@ proptest! {
                     missed.insert(name);
                 }
             };
+            // Once the record works again (or a restart opens it afresh),
+            // what waited is distributed: what its host still holds.
+            let catch_up = |model: &mut Vec<Held>, waiting: &mut Vec<(usize, usize, u8)>, missed: &mut std::collections::BTreeSet<usize>| {
+                for (h, name, c) in std::mem::take(waiting) {
+                    if model[h].get(&name) == Some(&Some(c)) {
+                        spread(model, name, c, missed);
+                    }
+                }
+            };
             match op {
+                Op::Arrive { host, name, content: c } if failing => {
+                    if !here(host) || model[*host].contains_key(name)
+                        || waiting.iter().any(|(_, n, _)| n == name) {
+                        continue;
+                    }
+                    publish(&root, *host, *name, *c);
+                    let e = engine.as_mut().unwrap();
+                    prop_assert!(e.arrive(idx(*host, absent), OsStr::new(&format!("n{name}"))).is_err(),
+                        "step {}: distributed while the record could not be written", step);
+                    model[*host].insert(*name, Some(*c));
+                    waiting.push((*host, *name, *c));
+                }
+                Op::RecordFails => {
+                    if failing {
+                        continue;
+                    }
+                    failing = true;
+                    let e = engine.as_mut().unwrap();
+                    e.store.inject_write_failures(true);
+                    prop_assert!(e.commit().is_err());
+                }
+                Op::RecordRecovers => {
+                    if !failing {
+                        continue;
+                    }
+                    failing = false;
+                    let e = engine.as_mut().unwrap();
+                    e.store.inject_write_failures(false);
+                    e.commit().unwrap();
+                    // The daemon rescans once the record works again.
+                    e.reconcile(SystemTime::now() + Duration::from_secs(3600), Duration::ZERO, false);
+                    e.commit().unwrap();
+                    catch_up(&mut model, &mut waiting, &mut missed);
+                }
                 Op::Arrive { host, name, content: c } => {
                     if !here(host) || model[*host].contains_key(name) {
                         continue;
@@ -230,12 +287,15 @@ proptest! {
                 Op::Rescan => {
                     let e = engine.as_mut().unwrap();
                     e.reconcile(SystemTime::now() + Duration::from_secs(3600), Duration::ZERO, false);
-                    e.commit().unwrap();
+                    prop_assert_eq!(e.commit().is_ok(), !failing);
                 }
                 Op::Restart => {
-                    // Stop (releasing the lock) before starting again.
+                    // Stop (releasing the lock) before starting again; the
+                    // record opens afresh (the disk was fixed meanwhile).
                     drop(engine.take());
                     engine = Some(open(&root, &state, &present, false));
+                    failing = false;
+                    catch_up(&mut model, &mut waiting, &mut missed);
                 }
                 Op::PlantAndAdopt { host, name, content: c } => {
                     if !here(host) || model[*host].contains_key(name) {
@@ -367,7 +427,11 @@ proptest! {
             for name in 0..4usize {
                 let mut by_content: BTreeMap<u8, std::collections::BTreeSet<u64>> = BTreeMap::new();
                 // A host away from the configuration is not managed: its
-                // copies are merged once it is back.
+                // copies are merged once it is back. A waiting arrival is
+                // merged once the record works again.
+                if waiting.iter().any(|(_, n, _)| *n == name) {
+                    continue;
+                }
                 for (h, held) in model.iter().enumerate().filter(|(h, _)| Some(*h) != absent) {
                     if let Some(Some(c)) = held.get(&name) {
                         let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(file(&root, h, name)).unwrap());
