@@ -842,12 +842,12 @@ impl Store {
         res
     }
 
-    /// Notes, right after the links were made and before the record is
-    /// committed, that a new generation was linked into every host but
-    /// `failed`. If the process dies before the commit, the next open
-    /// takes it from the journal: without it, a host that pruned the file
-    /// in between would be linked again. (A power loss can lose the
-    /// journal, but then the links were not durable yet either.)
+    /// Notes, right after the links of a [`Store::journal_intent`] were
+    /// made and before the record is committed, that the new generation is
+    /// in every host but `failed`. If the process dies before the commit,
+    /// the next open takes it from the journal: without it, a host that
+    /// pruned the file in between would be linked again. (A power loss can
+    /// lose the journal, but then the links were not durable yet either.)
     pub fn journal_distributed(
         &mut self,
         name: &OsStr,

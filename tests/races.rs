@@ -30,11 +30,6 @@ fn reload_and_retry(d: &Daemon) {
     );
 }
 
-fn check_output(env: &Env) -> (Option<i32>, String) {
-    let (code, out, err) = Env::output(env.command("check", &[]));
-    (code, format!("{out}{err}"))
-}
-
 #[test]
 fn two_hosts_fetching_one_name_at_once_then_pruning_it_never_get_it_back() {
     let env = Env::new(&["a", "b", "c"]);
@@ -74,7 +69,7 @@ fn two_hosts_fetching_one_name_at_once_then_pruning_it_never_get_it_back() {
         env.all_stays_absent("b", &names);
         raced = d.count_log("EEXIST");
     }
-    let (_, check) = check_output(&env);
+    let (_, check) = env.check();
     assert!(!check.contains("link owed"), "{check}");
     assert!(!d.log().contains("will retry"), "{}", d.log());
 }
@@ -110,7 +105,7 @@ fn a_host_pruning_its_fresh_copy_during_the_merge_does_not_get_the_file_back() {
         fs::hard_link(env.path("a", "big.tar"), env.path("c", "big.tar")).unwrap();
     }
     assert!(hit, "no round hit the merge; log:\n{}", d.log());
-    let (_, check) = check_output(&env);
+    let (_, check) = env.check();
     assert!(!check.contains("link owed"), "{check}");
 }
 
@@ -141,7 +136,7 @@ fn a_host_that_fetched_an_owed_file_itself_and_pruned_it_is_not_given_it_again()
     fs::remove_file(env.path("b", "owed.tar")).unwrap();
     reload_and_retry(&d);
     env.stays_absent("b", "owed.tar");
-    let (code, check) = check_output(&env);
+    let (code, check) = env.check();
     assert!(!check.contains("link owed"), "{check}");
     assert_eq!(code, Some(0), "{check}");
 }
@@ -174,7 +169,7 @@ fn simultaneous_different_downloads_of_one_name_warn_once_per_conflict() {
     let mut d = env.start();
     assert!(d.stop().success());
     assert_eq!(d.count_log("conflict: same name"), 0, "{}", d.log());
-    let (code, check) = check_output(&env);
+    let (code, check) = env.check();
     assert_eq!(code, Some(1));
     assert_eq!(check.matches("conflict:").count(), 40, "{check}");
     assert!(!check.contains("link owed"), "{check}");

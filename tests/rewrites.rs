@@ -9,11 +9,6 @@ use common::*;
 use std::fs;
 use std::io::Write;
 
-fn check(env: &Env) -> (Option<i32>, String) {
-    let (code, out, err) = Env::output(env.command("check", &[]));
-    (code, format!("{out}{err}"))
-}
-
 #[test]
 fn a_distributed_file_rewritten_or_appended_in_place_is_reported_until_resolved() {
     let env = Env::new(&["a", "b", "c"]);
@@ -22,7 +17,7 @@ fn a_distributed_file_rewritten_or_appended_in_place_is_reported_until_resolved(
     env.fetch("a", "appended.tar", b"original");
     env.wait_everywhere("rewritten.tar");
     env.wait_everywhere("appended.tar");
-    assert_eq!(check(&env).0, Some(0));
+    assert_eq!(env.check().0, Some(0));
     // b truncates and rewrites one; c appends to the other.
     fs::write(env.path("b", "rewritten.tar"), b"other bytes!").unwrap();
     let mut f = fs::File::options()
@@ -48,7 +43,7 @@ fn a_distributed_file_rewritten_or_appended_in_place_is_reported_until_resolved(
     assert!(line("appended.tar").contains("host=c"), "{log}");
     // Nothing is relinked or copied: every host still has the one inode.
     assert!(env.same_inode(&["a", "b", "c"], "rewritten.tar"));
-    let (code, out) = check(&env);
+    let (code, out) = env.check();
     assert_eq!(code, Some(1), "{out}");
     assert_eq!(
         out.matches("written in place after it was distributed")
@@ -68,6 +63,6 @@ fn a_distributed_file_rewritten_or_appended_in_place_is_reported_until_resolved(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (code, out) = check(&env);
+    let (code, out) = env.check();
     assert_eq!(code, Some(0), "{out}");
 }

@@ -258,6 +258,18 @@ fn a_record_started_against_an_unmounted_root_or_a_copy_is_refused_and_creates_n
     drop(d);
 }
 
+/// Fetches files into `a` until the daemon says the record cannot be
+/// written (the first ones may still fit in the links journal).
+fn fetch_until_paused(env: &Env, d: &Daemon, prefix: &str) {
+    let mut k = 0;
+    while !d.log().contains("cannot write the record") {
+        assert!(k < 50, "never paused: {}", d.log());
+        env.fetch("a", format!("{prefix}-{k}.tar"), b"noted");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        k += 1;
+    }
+}
+
 #[test]
 fn a_full_state_filesystem_pauses_distribution_and_nothing_pruned_comes_back() {
     if !need_root() {
@@ -281,13 +293,7 @@ fn a_full_state_filesystem_pauses_distribution_and_nothing_pruned_comes_back() {
     // nothing is linked, and the daemon says so once. (One already noted
     // is linked: the journal is its record until the commit.)
     fs::remove_file(env.path("b", "before.tar")).unwrap();
-    let mut k = 0;
-    while !d.log().contains("cannot write the record") {
-        assert!(k < 50, "never paused: {}", d.log());
-        env.fetch("a", format!("noted-{k}.tar"), b"noted");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        k += 1;
-    }
+    fetch_until_paused(&env, &d, "noted");
     env.fetch("a", "during.tar", b"during");
     env.stays_absent("b", "during.tar");
     env.stays_absent("c", "during.tar");
@@ -303,13 +309,7 @@ fn a_full_state_filesystem_pauses_distribution_and_nothing_pruned_comes_back() {
     // Killed while paused: a prune made then stays, and what waited is
     // distributed at the next start.
     let _ = fs::write(&filler, vec![0u8; 512 << 10]);
-    let mut k = 0;
-    while !d.log().contains("cannot write the record") {
-        assert!(k < 50, "never paused: {}", d.log());
-        env.fetch("a", format!("again-{k}.tar"), b"again");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        k += 1;
-    }
+    fetch_until_paused(&env, &d, "again");
     fs::remove_file(env.path("c", "during.tar")).unwrap();
     env.fetch("a", "waited.tar", b"waited");
     d.kill9();

@@ -171,10 +171,7 @@ impl Engine {
             // Before any link: until the record is committed, the journal
             // tells a restart what is being linked where. Not written, not
             // linked.
-            let targets: Vec<&str> = lacking
-                .iter()
-                .map(|&h| self.layout.hosts[h].name.as_str())
-                .collect();
+            let targets = host_names(&self.layout, &lacking);
             if let Err(e) = self
                 .store
                 .journal_intent(name, wst.id(), wst.size, &targets)
@@ -310,10 +307,7 @@ impl Engine {
         if mode == Mode::Arrival && !self.dry_run {
             // Done: the generation is distributed, a host lacking it from
             // now on has pruned it; the hosts whose link failed are owed it.
-            let names: Vec<&str> = failed
-                .iter()
-                .map(|&h| self.layout.hosts[h].name.as_str())
-                .collect();
+            let names = host_names(&self.layout, &failed);
             if let Err(e) = self
                 .store
                 .journal_distributed(name, wst.id(), wst.size, &names)
@@ -475,4 +469,12 @@ pub fn same_content(
         return Err(eb("changed while being compared", Errno::EAGAIN));
     }
     Ok(same)
+}
+
+/// The names of hosts given by index.
+fn host_names<'a>(layout: &'a crate::layout::Layout, hosts: &[usize]) -> Vec<&'a str> {
+    hosts
+        .iter()
+        .map(|&h| layout.hosts[h].name.as_str())
+        .collect()
 }

@@ -118,6 +118,12 @@ impl Env {
         )
     }
 
+    /// Runs `distlink check`: (exit code, stdout and stderr together).
+    pub fn check(&self) -> (Option<i32>, String) {
+        let (code, out, err) = Env::output(self.command("check", &[]));
+        (code, format!("{out}{err}"))
+    }
+
     /// Sets a file's mtime to `age` ago.
     pub fn age(&self, host: &str, name: impl AsRef<OsStr>, age: Duration) {
         let t = std::time::SystemTime::now() - age;
