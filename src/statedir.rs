@@ -88,6 +88,17 @@ impl StateDir {
     /// [`StateDir::open`], refusing (before creating anything) a state dir
     /// that is the directory `outside` (dev, ino) or lies inside it.
     pub fn open_outside(path: &Path, outside: Option<(&Path, (u64, u64))>) -> Result<StateDir> {
+        StateDir::open_checked(path, outside, false)
+    }
+
+    /// With `parent`, `path` is a directory a missing state dir is created
+    /// in: checked like every dir above the state dir (a sticky `/tmp`
+    /// passes), not like the state dir itself.
+    fn open_checked(
+        path: &Path,
+        outside: Option<(&Path, (u64, u64))>,
+        parent: bool,
+    ) -> Result<StateDir> {
         if !path.is_absolute() {
             return Err(Error::Config(format!(
                 "state_dir: {} is not an absolute path",
@@ -106,7 +117,7 @@ impl StateDir {
                     ))
                 })?;
                 // The parent is created (and checked) first, then this dir.
-                let dir = StateDir::open_outside(parent, outside)?;
+                let dir = StateDir::open_checked(parent, outside, true)?;
                 let name = path.file_name().ok_or_else(|| {
                     Error::Config(format!(
                         "state_dir: {} has no name",
@@ -153,7 +164,7 @@ impl StateDir {
         }
         // The state dir itself: nobody else may even add entries to it.
         let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| Error::sys(&at, e))?;
-        if writable_by_others(&st) {
+        if !parent && writable_by_others(&st) {
             return Err(refused_unsafe(
                 &at,
                 &st,

@@ -417,3 +417,24 @@ fn a_links_journal_deleted_while_running_is_started_again_and_still_keeps_a_prun
     env.stays_absent("b", "late.tar");
     drop(d);
 }
+
+#[test]
+fn a_missing_state_dir_is_created_root_only_even_in_a_sticky_dir_like_tmp() {
+    if !need_root() {
+        return;
+    }
+    let env = Env::new(&["a", "b"]);
+    let sticky = env.tmp.path().join("tmp");
+    fs::create_dir(&sticky).unwrap();
+    chmod(&sticky, 0o1777);
+    let state = sticky.join("distlink.state");
+    let (code, out) = run_with_state(&env, "sync", &state);
+    assert_eq!(code, Some(0), "{out}");
+    let m = fs::metadata(&state).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o700));
+    // Made by another user first: refused, not used.
+    let planted = sticky.join("planted.state");
+    as_portage(&format!("mkdir -m 700 {}", planted.display()));
+    let (code, out) = run_with_state(&env, "sync", &planted);
+    assert_eq!(code, Some(2), "{out}");
+}
