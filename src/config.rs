@@ -229,6 +229,10 @@ pub fn validate_host(h: &str) -> Result<()> {
     if h.contains('\0') {
         return bad("it contains a NUL byte");
     }
+    if h.chars().any(char::is_control) {
+        // Host names are printed in tables, logs and status lines.
+        return bad("it contains a control character");
+    }
     if h.starts_with('.') {
         return bad("it starts with '.' (hidden names are reserved)");
     }
@@ -303,6 +307,11 @@ interval = "10s"
             ("root = \"/r\"\nhosts = [\"a/b\"]\n", "hosts"),
             ("root = \"/r\"\nhosts = [\"..\"]\n", "hosts"),
             ("root = \"/r\"\nhosts = [\"a\", \"a\"]\n", "twice"),
+            ("root = \"/r\"\nhosts = [\"a\\nb\"]\n", "control character"),
+            (
+                "root = \"/r\"\nhosts = [\"a\\u001b\"]\n",
+                "control character",
+            ),
             (
                 "root = \"/r\"\nhosts = [\"a\"]\nsettle = \"soon\"\n",
                 "settle",
