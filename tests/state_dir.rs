@@ -252,10 +252,31 @@ fn a_record_started_against_an_unmounted_root_or_a_copy_is_refused_and_creates_n
     assert_eq!(code, Some(2), "{err}");
     // Mounted again: the prune the record knows of stays.
     assert!(bind(&disk, &env.root));
-    let _mounted = Mounted(env.root.clone());
-    let d = env.start();
+    let mounted = Mounted(env.root.clone());
+    let mut d = env.start();
     env.stays_absent("b", "f.tar");
-    drop(d);
+    assert!(d.stop().success());
+    drop(mounted);
+    // Moved on purpose: `sync --adopt` binds the record to the copy, which
+    // is then accepted (and the other one refused).
+    let on = |root: &Path, sub: &str, more: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args([sub, "--host", "a", "--host", "b", "--root"])
+            .arg(root)
+            .arg("--state-dir")
+            .arg(&env.state)
+            .args(more);
+        Env::output(c).0
+    };
+    assert_eq!(on(&copy, "sync", &["--adopt"]), Some(0));
+    assert_eq!(on(&copy, "sync", &[]), Some(0));
+    assert!(
+        !copy.join("b").join("f.tar").exists(),
+        "the adopted copy regained the prune"
+    );
+    assert!(bind(&disk, &env.root));
+    let _mounted = Mounted(env.root.clone());
+    assert_eq!(on(&env.root, "sync", &[]), Some(2));
 }
 
 /// Fetches files into `a` until the daemon says the record cannot be
