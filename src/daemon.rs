@@ -138,7 +138,10 @@ pub fn forget_host(cfg: &Config, host: &str) -> Result<()> {
             "host {host:?} is configured; remove it from `hosts` first (a configured host cannot be forgotten)"
         )));
     }
-    let mut store = Store::open(&cfg.state_dir)?;
+    // The same checks as every command that writes the record: a state
+    // dir outside the root, a record that describes this root.
+    let layout = Layout::open_root(&cfg.root)?;
+    let mut store = Store::open_for_root(&cfg.state_dir, &cfg.root, layout.root_fd(), false)?;
     if !store.hosts().contains(host) {
         let known: Vec<&str> = store.absent().keys().map(String::as_str).collect();
         return Err(Error::Usage(format!(

@@ -289,18 +289,29 @@ fn rows<T>(
 /// Reads the record without taking the lock (the daemon may be writing).
 /// `Ok(None)`: there is no record yet.
 pub fn read_only(state_dir: &Path) -> Result<Option<Record>> {
+    match open_read_only(state_dir)? {
+        Some((conn, path)) => Record::load(&conn, &path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The record opened for reading without the lock (never through a
+/// symlink); `None` when there is none.
+fn open_read_only(state_dir: &Path) -> Result<Option<(Connection, PathBuf)>> {
     let path = state_dir.join(DB_NAME);
     if !path.exists() {
         return Ok(None);
     }
     let conn = Connection::open_with_flags(
         &path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(db_err(&path))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db_err(&path))?;
-    Record::load(&conn, &path).map(Some)
+    Ok(Some((conn, path)))
 }
 
 /// (name, generation) → (size, mtime) when distributed, where known.
@@ -326,33 +337,33 @@ fn stamps(conn: &Connection, p: &Path) -> Result<Stamps> {
 
 /// What [`read_stamps`] reads, without the lock, for `status`/`check`.
 pub fn read_stamps(state_dir: &Path) -> Result<Stamps> {
-    let path = state_dir.join(DB_NAME);
-    if !path.exists() {
-        return Ok(Stamps::default());
+    match open_read_only(state_dir)? {
+        Some((conn, path)) => stamps(&conn, &path),
+        None => Ok(Stamps::default()),
     }
-    let conn = Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(db_err(&path))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(db_err(&path))?;
-    stamps(&conn, &path)
 }
 
 /// Copies the record as a process stopped now would leave it (the
-/// database, its write-ahead log where a killed process leaves its last
-/// commits, and the links journal) from `from` into the dir `to`, for a
-/// dry run to work on.
+/// database, its rollback journal where a process killed mid-commit
+/// leaves one, and the links journal) from the state dir `from` into the
+/// dir `to`, for a dry run to work on. Both dirs are checked like any
+/// state dir; nothing is opened through a symlink.
 pub fn copy_record(from: &Path, to: &Path) -> Result<()> {
+    if !from.is_dir() {
+        return Ok(());
+    }
+    let (src, dst) = (StateDir::open(from)?, StateDir::open(to)?);
     for name in [DB_NAME, DB_JOURNAL_NAME, JOURNAL_NAME] {
-        let src = from.join(name);
-        if src.exists() {
-            std::fs::copy(&src, to.join(name)).map_err(|e| Error::Io {
-                path: src,
-                source: e,
-            })?;
-        }
+        let path = src.path.join(name);
+        let mut f = match src.open_file(OsStr::new(name), false) {
+            Ok(f) => f,
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => return Err(Error::sys(&path, e)),
+        };
+        let mut out = dst
+            .create_file(OsStr::new(name), 0o600, true)
+            .map_err(|e| Error::sys(dst.path.join(name), e))?;
+        std::io::copy(&mut f, &mut out).map_err(|e| Error::Io { path, source: e })?;
     }
     Ok(())
 }
