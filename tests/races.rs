@@ -174,3 +174,23 @@ fn simultaneous_different_downloads_of_one_name_warn_once_per_conflict() {
     assert_eq!(check.matches("conflict:").count(), 40, "{check}");
     assert!(!check.contains("link owed"), "{check}");
 }
+
+#[test]
+fn a_different_copy_still_settling_elsewhere_is_not_linked_into_a_host_that_pruned_the_name() {
+    let env = Env::new(&["a", "b", "c"]);
+    let d = env.start();
+    // c writes its own version in place (complete only after the settle
+    // time), while a's version is renamed in and distributed at once.
+    env.write("c", "n.tar", b"c's own, longer version");
+    env.fetch("a", "n.tar", b"version of a");
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "b"], "n.tar")));
+    // b prunes the name before c's version settles.
+    fs::remove_file(env.path("b", "n.tar")).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    env.stays_absent("b", "n.tar");
+    assert_eq!(
+        fs::read(env.path("c", "n.tar")).unwrap(),
+        b"c's own, longer version"
+    );
+    drop(d);
+}

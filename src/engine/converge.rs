@@ -80,7 +80,7 @@ impl Engine {
         let mut failures: Vec<Failure> = Vec::new();
         let mut verdicts: HashMap<u64, bool> = HashMap::new();
         // Hosts whose copy waits for a comparison: left as they are.
-        let mut pending: Vec<usize> = Vec::new();
+        let mut pending: Vec<(usize, FileStat)> = Vec::new();
         for &h in scope {
             if h == origin {
                 continue;
@@ -108,7 +108,7 @@ impl Engine {
                         None => match self.cached_verdict(&ost, &s) {
                             Some(v) => Ok(v),
                             None if self.compare_later(name, (origin, &ost), (h, &s)) => {
-                                pending.push(h);
+                                pending.push((h, s));
                                 continue;
                             }
                             None => {
@@ -257,7 +257,8 @@ impl Engine {
                 .iter()
                 .filter(|c| {
                     let hs = &self.layout.hosts;
-                    let looked_at = |h: usize| hs[h].name == c.host && !pending.contains(&h);
+                    let looked_at =
+                        |h: usize| hs[h].name == c.host && !pending.iter().any(|(p, _)| *p == h);
                     !scope.iter().any(|&h| looked_at(h)) && hs[origin].name != c.host
                 })
                 .cloned()
@@ -296,6 +297,19 @@ impl Engine {
 
         self.store
             .record(name, wst.id(), wst.size, Some(wst.mtime_ns));
+        if mode == Mode::Arrival && !self.dry_run {
+            // Every other copy the hosts hold now (different, identical but
+            // not merged, or waiting for its comparison) was there before
+            // this arrival was handled: recorded too, it never fills a gap
+            // when its own turn comes (a host lacking the name by then has
+            // pruned it). Without a stamp: it may still be being written,
+            // which is no write to a distributed file.
+            for (_, s) in different.iter().chain(&identical).chain(&pending) {
+                if ineligible(s).is_none() {
+                    self.store.record(name, s.id(), s.size, None);
+                }
+            }
+        }
         let mut failed = Vec::new();
         for f in failures {
             self.counters.failed += 1;
