@@ -65,11 +65,6 @@ impl Layout {
         layout.check_same_fs()
     }
 
-    /// (dev, ino) of the root directory.
-    pub fn root_id(&self) -> (u64, u64) {
-        (self.root_stat.dev, self.root_stat.ino)
-    }
-
     /// Opens the root alone (no host dirs yet).
     pub fn open_root(root: &Path) -> Result<Layout> {
         let root_fd = fsops::open_dir_path(root).map_err(|e| match e {
