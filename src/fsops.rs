@@ -331,28 +331,6 @@ pub fn stat_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<FileStat, Errno> {
     statx_raw(Reach::At(dirfd, &cstr(name)?))
 }
 
-/// The birth time of an open file, where the filesystem reports one.
-pub fn birth_time(fd: BorrowedFd<'_>) -> Result<Option<i64>, Errno> {
-    let mut buf = MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: an empty, NUL-terminated path and a valid out-pointer.
-    let rc = unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_BTIME,
-            buf.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: statx succeeded and filled the structure.
-    let s = unsafe { buf.assume_init() };
-    Ok((s.stx_mask & libc::STATX_BTIME != 0)
-        .then(|| s.stx_btime.tv_sec * 1_000_000_000 + i64::from(s.stx_btime.tv_nsec)))
-}
-
 /// `statx` of an open fd (`AT_EMPTY_PATH`).
 pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileStat, Errno> {
     statx_raw(Reach::Fd(fd))

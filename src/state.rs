@@ -401,7 +401,8 @@ impl RootId {
         Ok(RootId {
             fs_type: fs.filesystem_type().0 as i64,
             ino: st.ino,
-            birth: fsops::birth_time(fd)?,
+            birth: (fsops::Identity::of_stamp(st.birth_ns) == fsops::Identity::BirthTime)
+                .then_some(st.birth_ns),
             fsid: vfs.filesystem_id() as u64,
             dev: st.dev,
         })
