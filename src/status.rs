@@ -168,7 +168,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
                 && !seen_unknown.contains(&st.ino)
                 && stamps
                     .get(&(name.to_os_string(), st.id()))
-                    .is_some_and(|was| *was != (st.size, st.mtime_ns))
+                    .is_some_and(|was| engine::written_since(*was, st))
             {
                 // Reported once per inode, not per host holding it.
                 seen_unknown.push(st.ino);

@@ -66,7 +66,9 @@ impl Engine {
             return;
         };
         let now = (st.size, st.mtime_ns);
-        if was == now || !self.warned_writes.insert((name.to_os_string(), id, now)) {
+        if !super::written_since(was, st)
+            || !self.warned_writes.insert((name.to_os_string(), id, now))
+        {
             return;
         }
         let h = &self.layout.hosts[host];

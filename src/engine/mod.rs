@@ -185,6 +185,13 @@ pub fn ineligible(st: &FileStat) -> Option<&'static str> {
     }
 }
 
+/// Whether a distributed file was written since it was recorded with
+/// `(size, mtime)`: the one rule for the daemon's warning, `status` and
+/// `sync --adopt`.
+pub fn written_since(recorded: (u64, i64), st: &FileStat) -> bool {
+    recorded != (st.size, st.mtime_ns)
+}
+
 /// How long ago the file was last written (zero for an mtime in the future).
 pub fn age(st: &FileStat, now: SystemTime) -> Duration {
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(st.mtime_ns.max(0) as u64);

@@ -399,7 +399,7 @@ impl Engine {
                     n += 1;
                 } else if stamps
                     .get(&(name.to_os_string(), id))
-                    .is_some_and(|s| *s != (st.size, st.mtime_ns))
+                    .is_some_and(|s| super::written_since(*s, &st))
                 {
                     self.store.restamp(name, id, st.size, st.mtime_ns);
                 }
