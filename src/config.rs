@@ -15,6 +15,17 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
 /// Where the record lives unless configured: root's alone, outside the
 /// distfiles root (which clients and portage write).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/distlink";
+/// How often the daemon rewrites its metrics file, unless configured.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// `[metrics]`: the daemon writes its metrics, in the Prometheus text
+/// format, to `path` every `interval` (for node_exporter's textfile
+/// collector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    pub path: PathBuf,
+    pub interval: Duration,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchMode {
@@ -41,6 +52,8 @@ pub struct Config {
     pub dedupe: bool,
     pub watch: WatchMode,
     pub log_format: LogFormat,
+    /// Where the daemon writes its metrics, if anywhere.
+    pub metrics: Option<Metrics>,
     /// The file this came from, if any (re-read on SIGHUP).
     pub file: Option<PathBuf>,
 }
@@ -69,6 +82,15 @@ struct FileConfig {
     dedupe: Option<bool>,
     log_format: Option<LogFormat>,
     watch: Option<WatchTable>,
+    metrics: Option<MetricsTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsTable {
+    path: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +216,10 @@ impl Config {
                 "watch.interval: the poll interval must be greater than zero".into(),
             ));
         }
+        let metrics = match f.metrics {
+            None => None,
+            Some(m) => Some(metrics_of(m)?),
+        };
         Ok(Config {
             root,
             hosts,
@@ -203,9 +229,37 @@ impl Config {
             dedupe: f.dedupe.unwrap_or(true),
             watch,
             log_format: ov.log_format.or(f.log_format).unwrap_or_default(),
+            metrics,
             file,
         })
     }
+}
+
+/// `[metrics]` checked: an absolute file path (not a directory), an
+/// interval of at least a second.
+fn metrics_of(m: MetricsTable) -> Result<Metrics> {
+    let err = |m: String| Err(Error::Config(m));
+    let Some(path) = m.path.map(PathBuf::from) else {
+        return err(
+            "metrics.path: missing (the file the daemon writes its metrics to, e.g. \
+             \"/var/lib/node_exporter/textfile_collector/distlink.prom\")"
+                .into(),
+        );
+    };
+    if !path.is_absolute() || path.file_name().is_none() || path.to_string_lossy().ends_with('/') {
+        return err(format!(
+            "metrics.path: {:?} is not an absolute path to a file",
+            path.display().to_string()
+        ));
+    }
+    let interval = m.interval.unwrap_or(DEFAULT_METRICS_INTERVAL);
+    if interval < Duration::from_secs(1) {
+        return err(format!(
+            "metrics.interval: {} is shorter than one second",
+            humantime::format_duration(interval)
+        ));
+    }
+    Ok(Metrics { path, interval })
 }
 
 fn parse_file(text: &str) -> std::result::Result<FileConfig, String> {
@@ -273,6 +327,22 @@ interval = "10s"
         assert_eq!(c.settle, Duration::from_secs(2));
         assert!(!c.dedupe);
         assert_eq!(c.watch, WatchMode::Poll(Duration::from_secs(10)));
+        assert_eq!(c.metrics, None);
+    }
+
+    #[test]
+    fn the_metrics_section_gives_a_path_and_an_interval() {
+        let base = "root = \"/r\"\nhosts = [\"a\"]\n[metrics]\npath = \"/t/distlink.prom\"\n";
+        let c = Config::from_toml(base, &ov()).unwrap();
+        assert_eq!(
+            c.metrics,
+            Some(Metrics {
+                path: PathBuf::from("/t/distlink.prom"),
+                interval: DEFAULT_METRICS_INTERVAL
+            })
+        );
+        let c = Config::from_toml(&format!("{base}interval = \"15s\"\n"), &ov()).unwrap();
+        assert_eq!(c.metrics.unwrap().interval, Duration::from_secs(15));
     }
 
     #[test]
@@ -331,6 +401,26 @@ interval = "10s"
             (
                 "root = \"/r\"\nhosts = [\"a\"]\nignore = [\"[\"]\n",
                 "ignore",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[metrics]\ninterval = \"5s\"\n",
+                "metrics.path",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[metrics]\npath = \"rel.prom\"\n",
+                "metrics.path",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[metrics]\npath = \"/m/\"\n",
+                "metrics.path",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[metrics]\npath = \"/m.prom\"\ninterval = \"10ms\"\n",
+                "metrics.interval",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[metrics]\npath = \"/m.prom\"\nport = 9100\n",
+                "port",
             ),
             ("hosts = [\"a\"]\n", "root"),
             ("root = \"/r\"\n", "hosts"),

@@ -196,6 +196,11 @@ struct Daemon {
     /// Until "ready": the young files the start-up scan found, and when
     /// readiness is announced even if some are still changing.
     starting: Option<(Vec<settle::Key>, Instant)>,
+    /// The metrics file (`[metrics]`), rewritten every interval.
+    metrics: crate::metrics::Publisher,
+    /// The engine's counts already added to the record's running totals:
+    /// links made, merges, new generations recorded.
+    tallied: (u64, u64, u64),
 }
 
 /// Signals, turned into flags plus a wake-up byte on a socket the event
@@ -278,6 +283,8 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         next_retry: Instant::now() + RETRY_EVERY,
         next_commit: None,
         starting: None,
+        metrics: Default::default(),
+        tallied: (0, 0, 0),
     };
     d.engine.track_echoes(d.watcher.is_some());
     // Watches are in place before the scan, so nothing slips between them.
@@ -305,7 +312,9 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     d.announce_when_started()?;
     let res = d.event_loop(&mut signals);
     sd_notify("STOPPING=1");
+    d.tally();
     let commit = d.engine.commit();
+    d.metrics.stop(&d.cfg, d.engine.store.stats());
     res.and(commit)?;
     tracing::info!("stopped");
     Ok(())
@@ -361,9 +370,16 @@ impl Daemon {
     /// settled (their age counts) and returned.
     fn full_scan(&mut self, cleanup_temps: bool) -> Vec<settle::Key> {
         let sys_now = SystemTime::now();
+        let t0 = Instant::now();
         let young = self
             .engine
             .reconcile(sys_now, self.cfg.settle, cleanup_temps);
+        let ms = t0.elapsed().as_millis() as u64;
+        self.engine.store.update_stats(|s| {
+            s.full_scans += 1;
+            s.last_full_scan_ms = Some(ms);
+            s.last_full_scan_at = Some(unix_now());
+        });
         give_back_memory();
         let now = Instant::now();
         let mut keys = Vec::with_capacity(young.len());
@@ -405,6 +421,9 @@ impl Daemon {
                 deadline = deadline.min(t);
             }
             if let Some((_, t)) = self.starting {
+                deadline = deadline.min(t);
+            }
+            if let Some(t) = self.metrics.next_due() {
                 deadline = deadline.min(t);
             }
             if !self.ready.is_empty() {
@@ -458,6 +477,8 @@ impl Daemon {
                 }
             }
             self.work();
+            self.tally();
+            self.metrics.tick(&self.cfg, self.engine.store.stats());
             // Group commit: the links are made at once, the record follows
             // within COMMIT_EVERY (always after the links, so a crash in
             // between only leaves work for the next start).
@@ -494,6 +515,7 @@ impl Daemon {
         match ev {
             WatchEvent::Overflow => {
                 tracing::warn!("inotify queue overflowed; rescanning every host dir");
+                self.engine.store.update_stats(|s| s.queue_overflows += 1);
                 self.rescan = true;
                 // Events were lost: a remembered link may never be echoed.
                 self.engine.forget_echoes();
@@ -718,6 +740,35 @@ impl Daemon {
         self.rescan = true;
         tracing::info!(hosts = self.engine.layout.hosts.len(), "config reloaded");
     }
+}
+
+impl Daemon {
+    /// Adds what the engine did since the last call to the running totals
+    /// the record keeps (the metrics' counters: they grow across restarts).
+    fn tally(&mut self) {
+        let c = &self.engine.counters;
+        let now = (c.linked, c.merged, self.engine.store.new_generations());
+        let was = self.tallied;
+        if now == was {
+            return;
+        }
+        let at = unix_now();
+        self.engine.store.update_stats(|s| {
+            s.links_made += now.0.saturating_sub(was.0);
+            s.merges += now.1.saturating_sub(was.1);
+            s.files_distributed += now.2.saturating_sub(was.2);
+            if now.2 > was.2 {
+                s.last_arrival_at = Some(at);
+            }
+        });
+        self.tallied = now;
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// SIGTERM/SIGINT came before "ready": commit what was done and stop.

@@ -9,6 +9,8 @@ pub mod fsops;
 pub mod identity;
 pub mod layout;
 pub mod logbuf;
+pub mod man;
+pub mod metrics;
 pub mod migrate;
 pub mod names;
 pub mod prune;

@@ -8,7 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use distlink::config::{self, Config, LogFormat, Overrides};
 use distlink::error::Error;
-use distlink::{daemon, migrate, prune, status};
+use distlink::{daemon, metrics, migrate, prune, status};
 
 /// Keeps per-host Gentoo distfiles directories hardlinked.
 #[derive(Parser, Debug)]
@@ -87,8 +87,12 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
         /// Print as one JSON object.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "prometheus")]
         json: bool,
+        /// Print metrics in the Prometheus text format (what the daemon's
+        /// [metrics] section writes to a file).
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Exit 0 when every host is consistent, 1 with one line per problem.
     Check {
@@ -114,8 +118,12 @@ enum Cmd {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page distlink(1) (roff), or write every page.
+    Man {
+        /// Write distlink.1 and one page per subcommand into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -251,12 +259,18 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("distlink: {e}");
-                ExitCode::from(1)
-            }
+        Cmd::Man { dir } => match dir {
+            Some(d) => match distlink::man::write_pages(Cli::command(), &d) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            },
+            None => match distlink::man::top_page(Cli::command()) {
+                Ok(p) => {
+                    print!("{p}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            },
         },
         Cmd::Run(common) => {
             let (cfg, ov) = load(&common.src, &common.hosts)?;
@@ -347,9 +361,17 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 Err(e) => fail(&e),
             }
         }
-        Cmd::Status { common, json } => {
+        Cmd::Status {
+            common,
+            json,
+            prometheus,
+        } => {
             let (cfg, _) = load(&common.src, &common.hosts)?;
             match status::gather(&cfg) {
+                Ok(s) if prometheus => {
+                    print!("{}", metrics::render(&s, &s.stats, s.daemon_pid.is_some()));
+                    ExitCode::SUCCESS
+                }
                 Ok(s) => {
                     show(json, &s, status::render);
                     ExitCode::SUCCESS

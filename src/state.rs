@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS conflicts (
     name BLOB NOT NULL, host TEXT NOT NULL, ino INTEGER NOT NULL,
     other_host TEXT NOT NULL, other_ino INTEGER NOT NULL, seen_at INTEGER NOT NULL,
     PRIMARY KEY (name, host)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
 /// One write waiting for the next commit.
@@ -169,6 +170,84 @@ pub struct Conflict {
     pub other_ino: u64,
 }
 
+/// Running totals the daemon keeps in the record, so they grow across
+/// restarts (the metrics' counters), and when things last happened. A
+/// table of their own (`stats`), created beside the others: a record
+/// without it (an older version's) reads as all zero.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// New file generations distributed (an arrival, or one a scan found).
+    pub files_distributed: u64,
+    /// Links made into hosts (arrivals, owed links, seeding).
+    pub links_made: u64,
+    /// Identical copies merged into one inode.
+    pub merges: u64,
+    /// inotify queue overflows (each one costs a full rescan).
+    pub queue_overflows: u64,
+    /// Full scans of every host dir (start-up, rescans, polls).
+    pub full_scans: u64,
+    /// How long the last full scan took, in milliseconds.
+    pub last_full_scan_ms: Option<u64>,
+    /// When the last full scan ended (Unix time, seconds).
+    pub last_full_scan_at: Option<i64>,
+    /// When a new file generation was last distributed (Unix time, seconds).
+    pub last_arrival_at: Option<i64>,
+}
+
+impl Stats {
+    fn rows(&self) -> [(&'static str, Option<i64>); 8] {
+        let n = |v: u64| Some(v as i64);
+        [
+            ("files_distributed", n(self.files_distributed)),
+            ("links_made", n(self.links_made)),
+            ("merges", n(self.merges)),
+            ("queue_overflows", n(self.queue_overflows)),
+            ("full_scans", n(self.full_scans)),
+            (
+                "last_full_scan_ms",
+                self.last_full_scan_ms.map(|v| v as i64),
+            ),
+            ("last_full_scan_at", self.last_full_scan_at),
+            ("last_arrival_at", self.last_arrival_at),
+        ]
+    }
+
+    fn set(&mut self, key: &str, v: i64) {
+        let u = v.max(0) as u64;
+        match key {
+            "files_distributed" => self.files_distributed = u,
+            "links_made" => self.links_made = u,
+            "merges" => self.merges = u,
+            "queue_overflows" => self.queue_overflows = u,
+            "full_scans" => self.full_scans = u,
+            "last_full_scan_ms" => self.last_full_scan_ms = Some(u),
+            "last_full_scan_at" => self.last_full_scan_at = Some(v),
+            "last_arrival_at" => self.last_arrival_at = Some(v),
+            // A newer version's key: kept in the table, not shown.
+            _ => {}
+        }
+    }
+
+    fn load(conn: &Connection, p: &Path) -> Result<Stats> {
+        let mut st = Stats::default();
+        let exists = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stats'",
+                [],
+                |_| Ok(()),
+            )
+            .is_ok();
+        if exists {
+            for (k, v) in rows(conn, p, "SELECT key, value FROM stats", |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })? {
+                st.set(&k, v);
+            }
+        }
+        Ok(st)
+    }
+}
+
 /// The record as loaded from the database: the in-memory mirror the daemon
 /// keeps, and what `status`/`check` read.
 #[derive(Debug, Default, Clone)]
@@ -188,6 +267,8 @@ pub struct Record {
     /// Pairs of files compared and found different (so never read again
     /// while both stay as they are).
     pub different: Vec<(Version, Version)>,
+    /// The daemon's running totals.
+    pub stats: Stats,
 }
 
 impl Record {
@@ -265,6 +346,7 @@ impl Record {
         })? {
             rec.conflicts.entry(c.name.clone()).or_default().push(c);
         }
+        rec.stats = Stats::load(conn, p)?;
         Ok(rec)
     }
 
@@ -477,6 +559,11 @@ pub struct Store {
     files: StateFiles,
     /// For the property test only: every write fails while set.
     fault: bool,
+    /// Whether `rec.stats` changed since the last commit.
+    stats_dirty: bool,
+    /// New generations recorded with their stamp since this store was
+    /// opened (see [`Store::new_generations`]).
+    new_generations: u64,
 }
 
 /// (dev, ino) of the database and of the links journal, where they exist.
@@ -684,6 +771,8 @@ impl Store {
             failing: None,
             files: (None, None),
             fault: false,
+            stats_dirty: false,
+            new_generations: 0,
         };
         store.setup().map_err(|e| match e {
             Error::State { path, message } => Error::Refused(format!(
@@ -1008,8 +1097,32 @@ impl Store {
                 self.rec.files.insert(name.to_os_string(), Few::One(id));
             }
         }
+        if mtime.is_some() {
+            self.new_generations += 1;
+        }
         self.ops
             .push(Op::Record(name.to_os_string(), id, size, mtime));
+    }
+
+    /// How many new generations were recorded with their stamp since the
+    /// store was opened: distributed ones (an arrival, a file a scan
+    /// found), or ones `migrate`/`sync --adopt` took. Copies recorded only
+    /// because another copy arrived, and links taken from the journal, have
+    /// no stamp and are not counted.
+    pub fn new_generations(&self) -> u64 {
+        self.new_generations
+    }
+
+    /// The running totals, as the next commit will write them.
+    pub fn stats(&self) -> Stats {
+        self.rec.stats
+    }
+
+    /// Changes the running totals (written by the next commit).
+    pub fn update_stats(&mut self, f: impl FnOnce(&mut Stats)) {
+        let before = self.rec.stats;
+        f(&mut self.rec.stats);
+        self.stats_dirty |= self.rec.stats != before;
     }
 
     /// The size and mtime a committed generation had when it was
@@ -1244,7 +1357,7 @@ impl Store {
     }
 
     pub fn dirty(&self) -> bool {
-        !self.ops.is_empty() || self.journal_dirty
+        !self.ops.is_empty() || self.journal_dirty || self.stats_dirty
     }
 
     /// Writes every queued change in one transaction.
@@ -1393,7 +1506,7 @@ impl Store {
     }
 
     fn commit_ops(&mut self) -> Result<()> {
-        if self.ops.is_empty() {
+        if self.ops.is_empty() && !self.stats_dirty {
             return Ok(());
         }
         let p = self.path.clone();
@@ -1490,6 +1603,17 @@ impl Store {
             }
             .map_err(&e)?;
         }
+        if self.stats_dirty {
+            for (k, v) in self.rec.stats.rows() {
+                if let Some(v) = v {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO stats (key, value) VALUES (?1, ?2)",
+                        params![k, v],
+                    )
+                    .map_err(&e)?;
+                }
+            }
+        }
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq', ?1)",
             params![seq.to_string()],
@@ -1497,6 +1621,7 @@ impl Store {
         .map_err(&e)?;
         tx.commit().map_err(&e)?;
         self.rec.seq = seq;
+        self.stats_dirty = false;
         self.ops.clear();
         // A large batch (seeding a host) leaves no large buffer behind.
         self.ops.shrink_to(1024);

@@ -50,6 +50,8 @@ pub struct Status {
     pub written_in_place: Vec<String>,
     /// Host dir problems (missing, not a dir, other filesystem).
     pub layout_problems: Vec<String>,
+    /// The daemon's running totals, as last committed to the record.
+    pub stats: state::Stats,
 }
 
 impl Status {
@@ -258,6 +260,7 @@ pub fn gather(cfg: &Config) -> Result<Status> {
         owed_links,
         written_in_place,
         layout_problems,
+        stats: rec.as_ref().map(|r| r.stats).unwrap_or_default(),
     })
 }
 
