@@ -78,6 +78,7 @@ fn page(cmd: &clap::Command, sub: Option<&str>, all: &[String]) -> Result<String
     let mut out = Vec::new();
     clap_mangen::Man::new(cmd.clone())
         .manual("distlink")
+        .source(format!("distlink {}", env!("CARGO_PKG_VERSION")))
         .render(&mut out)
         .map_err(|e| Error::Io {
             path: "man page".into(),
@@ -91,7 +92,19 @@ fn page(cmd: &clap::Command, sub: Option<&str>, all: &[String]) -> Result<String
 /// Text for a roff text line: backslashes and minus signs escaped (so
 /// options copy and paste as typed), a leading `.` or `'` made literal.
 fn esc(text: &str) -> String {
-    let t = text.replace('\\', "\\e").replace('-', "\\-");
+    let t = text
+        .split(' ')
+        .map(|w| {
+            let w = w.replace('\\', "\\e").replace('-', "\\-");
+            // A path is never hyphenated.
+            if w.contains('/') {
+                format!("\\%{w}")
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     if t.starts_with('.') || t.starts_with('\'') {
         format!("\\&{t}")
     } else {
@@ -123,7 +136,7 @@ fn examples(sub: Option<&str>) -> &'static [(&'static str, &'static str)] {
         None => &[
             (
                 "Try it on a demo root (two hosts; Ctrl-C stops it):",
-                "distlink run --root /tmp/distfiles --state-dir /tmp/distfiles.state \
+                "distlink run --root /tmp/distfiles --state-dir /tmp/distfiles.state \\\n  \
                  --host server --host client1",
             ),
             (
@@ -139,8 +152,8 @@ fn examples(sub: Option<&str>) -> &'static [(&'static str, &'static str)] {
             ),
             (
                 "Without a configuration file:",
-                "distlink run --root /var/cache/distfiles --host server --host client1 \
-                 --host client2 --state-dir /var/lib/distlink",
+                "distlink run --root /var/cache/distfiles --state-dir /var/lib/distlink \\\n  \
+                 --host server --host client1 --host client2",
             ),
             (
                 "Re-read the configuration and rescan:",
@@ -276,6 +289,7 @@ fn extra_sections(o: &mut String, sub: Option<&str>, all: &[String]) {
             let _ = writeln!(o, ".PP\n{}\n.PP\n.RS 4\n.nf\n{cmds}\n.fi\n.RE", esc(what));
         }
     }
+    // `\%`: a page name is never hyphenated across two lines.
     let _ = writeln!(o, ".SH \"SEE ALSO\"");
     let mut refs: Vec<(String, &str)> = Vec::new();
     if sub.is_some() {
@@ -291,7 +305,7 @@ fn extra_sections(o: &mut String, sub: Option<&str>, all: &[String]) {
     let last = refs.len() - 1;
     for (i, (page, sec)) in refs.iter().enumerate() {
         let sep = if i == last { "" } else { "," };
-        let _ = writeln!(o, ".BR {page} ({sec}){sep}");
+        let _ = writeln!(o, ".BR \\%{page} ({sec}){sep}");
     }
 }
 
@@ -304,5 +318,6 @@ mod tests {
         assert_eq!(esc("--dir"), "\\-\\-dir");
         assert_eq!(esc(".hidden"), "\\&.hidden");
         assert_eq!(esc("a\\b"), "a\\eb");
+        assert_eq!(esc("in /a/b-c"), "in \\%/a/b\\-c");
     }
 }
