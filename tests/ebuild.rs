@@ -197,3 +197,115 @@ fn the_ebuilds_are_valid_bash_and_the_metadata_is_xml() {
         "distlink"
     );
 }
+
+/// The ebuild's src_install, run by bash with the eclass and Portage
+/// helpers it calls replaced by what they do (the paths and modes of
+/// ::gentoo's doman, newbashcomp, dozshcomp, dofishcomp, systemd_dounit,
+/// newinitd, newconfd, dodoc), puts in its image exactly the tree
+/// `make install PREFIX=/usr` does (with Gentoo's versioned doc dir).
+#[test]
+fn the_ebuilds_src_install_installs_what_make_install_installs() {
+    let have_make = Command::new("sh")
+        .args(["-c", "command -v make"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_make {
+        assert!(
+            std::env::var("DISTLINK_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "DISTLINK_REQUIRE_TOOLS=1 but make is missing"
+        );
+        eprintln!("skipped: make is not installed");
+        return;
+    }
+    let version = package_version();
+    let pf = format!("distlink-{version}");
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("image");
+    let t = tmp.path().join("T");
+    std::fs::create_dir_all(&t).unwrap();
+    let bin = env!("CARGO_BIN_EXE_distlink");
+    let script = format!(
+        r#"
+set -e
+die() {{ echo "die: $*" >&2; exit 1; }}
+inherit() {{ :; }}
+ins() {{ install -D -m "$1" "$2" "${{ED}}$3"; }}
+cargo_src_install() {{ ins 0755 "$BIN" /usr/bin/distlink; }}
+cargo_target_dir() {{ dirname "$BIN"; }}
+doman() {{ local f; for f; do ins 0644 "$f" "/usr/share/man/man1/${{f##*/}}"; done; }}
+newbashcomp() {{ ins 0644 "$1" "/usr/share/bash-completion/completions/$2"; }}
+dozshcomp() {{ local f; for f; do ins 0644 "$f" "/usr/share/zsh/site-functions/${{f##*/}}"; done; }}
+dofishcomp() {{ local f; for f; do ins 0644 "$f" "/usr/share/fish/vendor_completions.d/${{f##*/}}"; done; }}
+systemd_dounit() {{ local f; for f; do ins 0644 "$f" "/usr/lib/systemd/system/${{f##*/}}"; done; }}
+newinitd() {{ ins 0755 "$1" "/etc/init.d/$2"; }}
+newconfd() {{ ins 0644 "$1" "/etc/conf.d/$2"; }}
+dodoc() {{ local f; for f; do ins 0644 "$f" "/usr/share/doc/${{PF}}/${{f##*/}}"; done; }}
+EAPI=8 PV={version} P={pf} PF={pf}
+source "$EBUILD"
+cd "$SRC"
+src_install
+"#
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("BIN", bin)
+        .env("ED", &image)
+        .env("T", &t)
+        .env("SRC", env!("CARGO_MANIFEST_DIR"))
+        .env("EBUILD", repo(&format!("{PKG}/distlink-{version}.ebuild")))
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "src_install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dest = tmp.path().join("dest");
+    let out = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg("install")
+        .arg(format!("DESTDIR={}", dest.display()))
+        .arg("PREFIX=/usr")
+        .arg(format!("DOCDIR=/usr/share/doc/{pf}"))
+        .arg(format!("DISTLINK={bin}"))
+        .arg(format!("GEN={}", tmp.path().join("gen").display()))
+        .output()
+        .expect("make");
+    assert!(
+        out.status.success(),
+        "make install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        tree(&image),
+        tree(&dest),
+        "the ebuild's image and make install's tree"
+    );
+}
+
+/// Every file under `root`: relative path, mode, a digest of its contents.
+fn tree(root: &Path) -> Vec<(String, u32, u64)> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u32, u64)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&p).unwrap().hash(&mut h);
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, m.permissions().mode() & 0o7777, h.finish()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
