@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -383,7 +383,7 @@ impl Publisher {
 }
 
 /// Writes the file; a failure is logged (the daemon goes on).
-fn publish(path: &PathBuf, text: &str) {
+fn publish(path: &Path, text: &str) {
     match write_atomically(path, text) {
         Ok(()) => tracing::debug!(path = %crate::quote::path(path), "metrics written"),
         Err(e) => tracing::warn!(error = %e, "cannot write the metrics file"),
