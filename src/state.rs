@@ -1744,6 +1744,53 @@ mod tests {
     }
 
     #[test]
+    fn running_totals_survive_a_reopen_and_a_record_without_them_reads_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A record of a version without the stats table.
+            let c = rusqlite::Connection::open(dir.path().join(super::DB_NAME)).unwrap();
+            let stats =
+                "CREATE TABLE IF NOT EXISTS stats (key TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+            assert!(super::SCHEMA.contains(stats));
+            c.execute_batch(&super::SCHEMA.replace(stats, "")).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta VALUES ('schema_version', '2'), ('initialized', '1');",
+            )
+            .unwrap();
+        }
+        let rec = super::read_only(dir.path()).unwrap().unwrap();
+        assert_eq!(rec.stats, super::Stats::default());
+        let mut s = Store::open(dir.path()).unwrap();
+        assert!(!s.dirty());
+        s.record(OsStr::new("stamped"), id(1), 10, Some(5));
+        s.record(OsStr::new("unstamped"), id(2), 10, None);
+        s.record(OsStr::new("stamped"), id(1), 10, Some(5));
+        assert_eq!(
+            s.new_generations(),
+            1,
+            "only a new stamped generation counts"
+        );
+        s.commit().unwrap();
+        s.update_stats(|st| {
+            st.links_made += 3;
+            st.last_arrival_at = Some(1234);
+        });
+        assert!(
+            s.dirty(),
+            "a change of the totals is written by the next commit"
+        );
+        s.commit().unwrap();
+        assert!(!s.dirty());
+        drop(s);
+        let rec = super::read_only(dir.path()).unwrap().unwrap();
+        assert_eq!(rec.stats.links_made, 3);
+        assert_eq!(rec.stats.last_arrival_at, Some(1234));
+        assert_eq!(rec.stats.last_full_scan_ms, None);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.stats().links_made, 3);
+    }
+
+    #[test]
     fn an_intent_without_its_outcome_leaves_its_targets_owed() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(dir.path()).unwrap();
