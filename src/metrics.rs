@@ -359,9 +359,18 @@ impl Publisher {
     fn reap(&mut self) {
         if self.job.as_ref().is_some_and(JoinHandle::is_finished)
             && let Some(h) = self.job.take()
-            && let Ok(Some(st)) = h.join()
         {
-            self.last = Some(st);
+            if let Ok(Some(st)) = h.join() {
+                self.last = Some(st);
+            }
+            // The survey's tens of MiB (at 100,000s of names) go back to
+            // the system: the daemon lives on and would otherwise keep
+            // them in the thread's heap arena.
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap pages.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 
