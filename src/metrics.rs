@@ -8,6 +8,8 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -314,6 +316,9 @@ pub struct Publisher {
     job: Option<JoinHandle<Option<Status>>>,
     /// What the last gathering found, for the file written at the stop.
     last: Option<Status>,
+    /// Whether the last write failed (a failure is logged once, until a
+    /// write works again).
+    failing: Arc<AtomicBool>,
 }
 
 impl Publisher {
@@ -332,17 +337,20 @@ impl Publisher {
         }
         self.next = Some(now + m.interval);
         let cfg = cfg.clone();
+        let failing = self.failing.clone();
         let spawned = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
                 let st = match status::gather(&cfg) {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(error = %e, "metrics not written: cannot gather them");
+                        if !failing.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(error = %e, "metrics not written: cannot gather them (said once until it works again)");
+                        }
                         return None;
                     }
                 };
-                publish(&m.path, &render(&st, &stats, true));
+                publish(&m.path, &render(&st, &stats, true), &failing);
                 Some(st)
             });
         match spawned {
@@ -386,16 +394,26 @@ impl Publisher {
             self.last = Some(st);
         }
         if let Some(st) = &self.last {
-            publish(&m.path, &render(st, &stats, false));
+            publish(&m.path, &render(st, &stats, false), &self.failing);
         }
     }
 }
 
-/// Writes the file; a failure is logged (the daemon goes on).
-fn publish(path: &Path, text: &str) {
+/// Writes the file; a failure is logged once (the daemon goes on), and
+/// the first write that works again says so.
+fn publish(path: &Path, text: &str, failing: &AtomicBool) {
     match write_atomically(path, text) {
-        Ok(()) => tracing::debug!(path = %crate::quote::path(path), "metrics written"),
-        Err(e) => tracing::warn!(error = %e, "cannot write the metrics file"),
+        Ok(()) => {
+            if failing.swap(false, Ordering::Relaxed) {
+                tracing::info!(path = %crate::quote::path(path), "metrics written again");
+            }
+            tracing::debug!(path = %crate::quote::path(path), "metrics written");
+        }
+        Err(e) => {
+            if !failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "cannot write the metrics file (said once until it works again)");
+            }
+        }
     }
 }
 

@@ -264,3 +264,31 @@ fn the_daemons_metrics_file_is_rewritten_as_files_arrive() {
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("distlink.prom")]);
 }
+
+#[test]
+fn a_metrics_dir_that_is_missing_is_reported_once_and_used_once_it_exists() {
+    let env = Env::new(&["a", "b"]);
+    let dir = env.tmp.path().join("textfile-later");
+    let file = dir.join("distlink.prom");
+    let cfg = env.config(&format!(
+        "[metrics]\npath = \"{}\"\ninterval = \"1s\"\n",
+        file.display()
+    ));
+    let cfg = cfg.display().to_string();
+    let d = env.start_with(&["--config", &cfg]);
+    d.wait_log("cannot write the metrics file", WAIT);
+    // Several intervals pass: one warning, the daemon goes on.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(
+        d.count_log("cannot write the metrics file"),
+        1,
+        "{}",
+        d.log()
+    );
+    env.fetch("a", "meanwhile", b"distributed while metrics failed");
+    env.wait_everywhere("meanwhile");
+    fs::create_dir(&dir).unwrap();
+    d.wait_log("metrics written again", WAIT);
+    let m = samples(&fs::read_to_string(&file).unwrap());
+    assert_eq!(get(&m, "distlink_files_distributed_total"), 1);
+}
