@@ -85,9 +85,35 @@ fn page(cmd: &clap::Command, sub: Option<&str>, all: &[String]) -> Result<String
             source: e,
         })?;
     let mut s = String::from_utf8_lossy(&out).into_owned();
+    if sub.is_none() {
+        // distlink(1) says what it is for, after clap's one-line description.
+        let at = s.find(".SH OPTIONS").unwrap_or(s.len());
+        let text: String = OVERVIEW
+            .iter()
+            .map(|p| format!(".PP\n{}\n", esc(p)))
+            .collect();
+        s.insert_str(at, &text);
+    }
     extra_sections(&mut s, sub, all);
     Ok(s)
 }
+
+/// What distlink(1) says it is for, one paragraph each.
+const OVERVIEW: &[&str] = &[
+    "Gentoo machines sharing one distfiles directory over NFS cannot prune it: eclean-dist on \
+     one host deletes tarballs another host still needs. distlink gives every host its own \
+     directory on the server (ROOT/HOST, each client mounting its own as DISTDIR), all on one \
+     filesystem, and hardlinks every completed file of one host's directory into every other \
+     host's directory. Each host prunes its own directory freely; the bytes are freed when the \
+     last host drops its link.",
+    "A pruned file never comes back (not after a rescan, a restart or a crash); a file still \
+     being written never reaches another host; identical copies are merged into one inode, \
+     different ones under one name are reported as conflicts and left alone; nothing outside \
+     the root is ever touched. A small record in the state dir tells a file that arrived while \
+     distlink was down from one a host pruned meanwhile.",
+    "distlink run is the daemon; migrate moves an existing setup over once; prune removes files \
+     of an offline or retired host; status and check report. Each has its own page.",
+];
 
 /// Text for a roff text line: backslashes and minus signs escaped (so
 /// options copy and paste as typed), a leading `.` or `'` made literal.
