@@ -5,6 +5,8 @@
 //! way and states the same licenses; both are valid bash and name only
 //! files that exist. Offline: nothing is fetched.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -205,16 +207,7 @@ fn the_ebuilds_are_valid_bash_and_the_metadata_is_xml() {
 /// `make install PREFIX=/usr` does (with Gentoo's versioned doc dir).
 #[test]
 fn the_ebuilds_src_install_installs_what_make_install_installs() {
-    let have_make = Command::new("sh")
-        .args(["-c", "command -v make"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_make {
-        assert!(
-            std::env::var("DISTLINK_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "DISTLINK_REQUIRE_TOOLS=1 but make is missing"
-        );
-        eprintln!("skipped: make is not installed");
+    if !common::tools::have("make", "make") {
         return;
     }
     let version = package_version();

@@ -14,25 +14,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::bin;
+use common::{bin, tools};
 
 fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn have_make() -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", "command -v make"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("DISTLINK_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "DISTLINK_REQUIRE_TOOLS=1 but make is missing"
-        );
-        eprintln!("skipped: make is not installed");
-    }
-    ok
 }
 
 /// `make install` with these variables; panics when it fails.
@@ -86,7 +71,7 @@ fn run(args: &[&str]) -> Vec<u8> {
 
 #[test]
 fn make_install_puts_every_file_in_place_as_its_source_says() {
-    if !have_make() {
+    if !tools::have("make", "make") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -176,7 +161,7 @@ fn make_install_puts_every_file_in_place_as_its_source_says() {
 
 #[test]
 fn another_prefix_is_named_in_the_service_files_and_an_admins_confd_is_kept() {
-    if !have_make() {
+    if !tools::have("make", "make") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -10,22 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::bin;
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("DISTLINK_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "DISTLINK_REQUIRE_TOOLS=1 but {tool} is missing"
-        );
-        eprintln!("skipped: {tool} is not installed");
-    }
-    ok
-}
+use common::{bin, tools};
 
 /// The subcommands `distlink --help` lists (clap's own `help` aside).
 fn subcommands() -> Vec<String> {
@@ -110,7 +95,7 @@ fn references(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_subcommand_has_a_page_that_renders_without_warnings_and_no_reference_dangles() {
-    if !have("groff") || !have("man") {
+    if !tools::have("groff", "groff") || !tools::have("man", "man-db") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -14,24 +14,9 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn have_promtool() -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", "command -v promtool"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("DISTLINK_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "DISTLINK_REQUIRE_TOOLS=1 but promtool is missing (Debian package prometheus)"
-        );
-        eprintln!("skipped promtool: not installed");
-    }
-    ok
-}
-
 /// `promtool check metrics` (its linter too) accepts the text.
 fn promtool_accepts(text: &str) {
-    if !have_promtool() {
+    if !tools::have("promtool", "prometheus") {
         return;
     }
     let mut child = Command::new("promtool")

@@ -12,6 +12,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod tools;
+
 pub const SETTLE: &str = "300ms";
 /// How long to wait for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(20);
