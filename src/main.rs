@@ -49,8 +49,10 @@ enum Cmd {
         /// they are (e.g. from find DIR -maxdepth 1 -type f -printf '%f\0').
         #[arg(long, value_name = "FILE")]
         keep_list0: Option<PathBuf>,
-        /// Remove files whose mtime is older than DURATION (e.g. 180d).
-        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        /// Remove files whose mtime is older than AGE: a number and a unit
+        /// as in eclean-dist's --time-limit: h, d, w, m (months of 30
+        /// days), y (years of 365 days); e.g. 180d, 6m.
+        #[arg(long, value_name = "AGE", value_parser = prune::parse_age)]
         older_than: Option<Duration>,
         /// Remove every file (retire the host).
         #[arg(long)]

@@ -76,6 +76,41 @@ pub fn read_keep_list(path: &std::path::Path, nul: bool) -> Result<HashSet<OsStr
     parsed.map_err(|e| Error::Usage(format!("{flag} {}: {e}", quote::path(path))))
 }
 
+/// Parses an age as eclean-dist's `--time-limit` does: a number and one
+/// unit, `h` hours, `d` days, `w` weeks, `m` months (30 days), `y` years
+/// (365 days) — so `6m` is six months, as eclean-dist users read it.
+/// Anything else is refused with the units spelled out, and so is a zero
+/// age (it selects every file: that is `--all`).
+pub fn parse_age(s: &str) -> std::result::Result<Duration, String> {
+    const UNITS: &str =
+        "h (hours), d (days), w (weeks), m (months of 30 days) or y (years of 365 days)";
+    let bad = || {
+        format!(
+            "invalid age {s:?}: write a whole number and one unit, as eclean-dist's --time-limit: \
+             {UNITS}; e.g. 180d or 6m"
+        )
+    };
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let secs: u64 = match unit {
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "m" => 30 * 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(bad()),
+    };
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(format!(
+            "age {s:?} selects every file; use --all to remove every file of a host"
+        ));
+    }
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+}
+
 pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result<PruneReport> {
     if !cfg.hosts.iter().any(|h| h == host) {
         return Err(Error::Usage(format!(
@@ -384,6 +419,35 @@ mod tests {
         assert!(e.starts_with("line 2:") && e.contains("not a path"), "{e}");
         let e = lines(b"a\0b\0").unwrap_err();
         assert!(e.contains("--keep-list0"), "{e}");
+    }
+
+    #[test]
+    fn ages_read_as_eclean_dist_reads_them() {
+        let d = |n: u64| Duration::from_secs(n * 86_400);
+        assert_eq!(parse_age("6m"), Ok(d(180)));
+        assert_eq!(parse_age("1y"), Ok(d(365)));
+        assert_eq!(parse_age("2w"), Ok(d(14)));
+        assert_eq!(parse_age("180d"), Ok(d(180)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        for bad in [
+            "",
+            "m",
+            "6",
+            "6M",
+            "6min",
+            "5s",
+            "1h30m",
+            "1.5d",
+            "-1d",
+            " 6m",
+            "6m ",
+            "+6m",
+            "99999999999999999999y",
+        ] {
+            let e = parse_age(bad).unwrap_err();
+            assert!(e.contains("m (months of 30 days)"), "{bad}: {e}");
+        }
+        assert!(parse_age("0d").unwrap_err().contains("--all"));
     }
 
     #[test]

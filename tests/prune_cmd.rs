@@ -302,3 +302,38 @@ fn a_keep_list_that_cannot_be_read_exactly_is_refused_and_removes_nothing() {
         assert_eq!(env.names("b"), before);
     }
 }
+
+/// An admin used to eclean-dist writes `--older-than 6m` meaning six
+/// months: a file fetched an hour ago stays, one 200 days old goes.
+#[test]
+fn older_than_reads_ages_as_eclean_dist_does_and_refuses_the_rest() {
+    let env = setup();
+    env.age("b", "x", 200 * DAY);
+    env.age("b", "y", Duration::from_secs(3600));
+    env.age("b", "z", 100 * DAY);
+    env.age("b", "only-b", 2 * DAY);
+    let (code, out, err) = Env::output(env.prune("b", &["--older-than", "6m", "--json"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json(&out)["files_removed"], 1, "{out}");
+    assert_eq!(
+        env.names("b"),
+        vec![b"only-b".to_vec(), b"y".to_vec(), b"z".to_vec()]
+    );
+    for (age, remain) in [("1y", 3), ("14w", 2), ("36h", 1)] {
+        let (code, _, err) = Env::output(env.prune("b", &["--older-than", age]));
+        assert_eq!(code, Some(0), "{age}: {err}");
+        assert_eq!(env.names("b").len(), remain, "{age}");
+    }
+    // What eclean-dist would not take, and a zero age (every file).
+    for age in ["6min", "5s", "1h30m", "180", "0d"] {
+        let (code, _, err) = Env::output(env.prune("b", &["--older-than", age]));
+        assert_eq!(code, Some(2), "{age}: {err}");
+        let want = if age == "0d" {
+            "use --all"
+        } else {
+            "m (months of 30 days)"
+        };
+        assert!(err.contains(want), "{age}: {err}");
+    }
+    assert_eq!(env.names("b"), vec![b"y".to_vec()]);
+}
