@@ -39,24 +39,33 @@ enum Cmd {
         /// The host whose dir is pruned.
         #[arg(long = "host", value_name = "NAME", id = "prune_host")]
         target: String,
-        /// Keep only the names listed in FILE (- for stdin): one name per
-        /// line, nothing trimmed; a line starting with # is a comment;
-        /// escapes \\ \n \t \r \xHH \u{HHHH}, and \# for a name that
-        /// starts with # (names print in this form, so they can be pasted).
-        #[arg(long, value_name = "FILE", conflicts_with = "keep_list0")]
+        /// Keep the names listed in FILE (- for stdin): one name per line,
+        /// nothing trimmed; a # at the start or after a blank starts a
+        /// comment; escapes \\ \n \t \r \xHH \u{HHHH} \# and \ (space),
+        /// the form distlink prints names in.
+        #[arg(long, value_name = "FILE")]
         keep_list: Option<PathBuf>,
-        /// Like --keep-list, but FILE holds NUL-separated names taken as
-        /// they are (e.g. from find DIR -maxdepth 1 -type f -printf '%f\0').
+        /// Keep the names in FILE, NUL-separated and taken as they are
+        /// (e.g. from find DIR -maxdepth 1 -type f -printf '%f\0').
         #[arg(long, value_name = "FILE")]
         keep_list0: Option<PathBuf>,
+        /// Keep the file name of every URL in FILE: what
+        /// `emerge --pretend --fetchonly --emptytree @world` prints on the
+        /// host (other words are ignored).
+        #[arg(long, value_name = "FILE")]
+        keep_urls: Option<PathBuf>,
         /// Remove files whose mtime is older than AGE: a number and a unit
         /// as in eclean-dist's --time-limit: h, d, w, m (months of 30
         /// days), y (years of 365 days); e.g. 180d, 6m.
         #[arg(long, value_name = "AGE", value_parser = prune::parse_age)]
         older_than: Option<Duration>,
-        /// Remove every file (retire the host).
+        /// Remove every file (retire the host); with other criteria, lets
+        /// them take every file.
         #[arg(long)]
         all: bool,
+        /// Prune even when the keep lists name none of the host's files.
+        #[arg(long)]
+        force: bool,
         /// Remove nothing; report what would be removed.
         #[arg(long, visible_alias = "pretend")]
         dry_run: bool,
@@ -297,17 +306,28 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             target,
             keep_list,
             keep_list0,
+            keep_urls,
             older_than,
             all,
+            force,
             dry_run,
             json,
         } => {
             let (cfg, _) = load(&common.src, &common.hosts)?;
+            use prune::{KeepForm, KeepList};
+            let keep = [
+                (keep_list, KeepForm::Lines),
+                (keep_list0, KeepForm::Nul),
+                (keep_urls, KeepForm::Urls),
+            ];
             let sel = prune::Selection {
-                keep_nul: keep_list0.is_some(),
-                keep_list: keep_list.or(keep_list0),
+                keep: keep
+                    .into_iter()
+                    .filter_map(|(p, form)| p.map(|path| KeepList { path, form }))
+                    .collect(),
                 older_than,
                 all,
+                force,
             };
             match prune::prune(&cfg, &target, &sel, dry_run) {
                 Ok(r) => {

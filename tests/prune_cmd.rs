@@ -337,3 +337,187 @@ fn older_than_reads_ages_as_eclean_dist_does_and_refuses_the_rest() {
     }
     assert_eq!(env.names("b"), vec![b"y".to_vec()]);
 }
+
+/// What `emerge --pretend --fetchonly --emptytree @world` prints on a
+/// host: emerge's own messages, then one line of URLs per distfile
+/// (mirrors first, percent-encoded names, a GitHub archive renamed on
+/// download, a fetch-restricted file with no URL: an empty line).
+const EMERGE_TRANSCRIPT: &str = "\
+These are the packages that would be fetched, in order:
+
+Calculating dependencies  ... done!
+Dependency resolution took 3.87 s (backtrack: 0/20).
+
+[ebuild   R    ] sys-devel/gcc-14.2.1_p20241221:14::gentoo  USE=\"cxx fortran (multilib) nls openmp pie sanitize ssp\" 0 KiB
+[ebuild   R    ] dev-libs/libsigc++-3.6.0:3::gentoo  USE=\"-doc -test\" 0 KiB
+[ebuild   R    ] app-misc/foo-1.2::gentoo  0 KiB
+
+Total: 3 packages (3 reinstalls), Size of downloads: 0 KiB
+
+https://distfiles.gentoo.org/distfiles/3b/gcc-14-20241221.tar.xz https://gcc.gnu.org/pub/gcc/snapshots/14-20241221/gcc-14-20241221.tar.xz 
+https://distfiles.gentoo.org/distfiles/d1/gcc-14.2.0-patches-8.tar.xz https://dev.gentoo.org/~sam/distfiles/sys-devel/gcc/gcc-14.2.0-patches-8.tar.xz 
+https://distfiles.gentoo.org/distfiles/5c/libsigc%2B%2B-3.6.0.tar.xz https://download.gnome.org/sources/libsigc++/3.6/libsigc++-3.6.0.tar.xz 
+https://distfiles.gentoo.org/distfiles/7e/foo-1.2.tar.gz https://github.com/example/foo/archive/v1.2.tar.gz 
+
+
+ * IMPORTANT: 2 news items need reading for repository 'gentoo'.
+ * Use eselect news read to view new items.
+
+";
+
+/// A host's dir after a year: what its packages need, and what they no
+/// longer do.
+const NEEDED: [&str; 4] = [
+    "gcc-14-20241221.tar.xz",
+    "gcc-14.2.0-patches-8.tar.xz",
+    "libsigc++-3.6.0.tar.xz",
+    "foo-1.2.tar.gz",
+];
+const STALE: [&str; 2] = ["gcc-13.3.0.tar.xz", "firefox-120.0.source.tar.xz"];
+
+fn client1() -> Env {
+    let env = Env::new(&["server", "client1"]);
+    for n in NEEDED.iter().chain(&STALE) {
+        fs::write(env.path("client1", n), n.as_bytes()).unwrap();
+    }
+    env
+}
+
+fn sorted(v: &[&str]) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = v.iter().map(|s| s.as_bytes().to_vec()).collect();
+    v.sort();
+    v
+}
+
+/// The keep-list recipe of docs/admin.md, run as written: `emerge` prints
+/// the transcript above (on stderr, as Portage does), `distlink` is the
+/// binary under test reading a config for this root.
+#[test]
+fn the_documented_keep_list_recipe_keeps_what_the_hosts_packages_need() {
+    let env = client1();
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin.md")).unwrap();
+    let marker = "<!-- keep-list recipe: run by tests/prune_cmd.rs -->\n```sh\n";
+    let start = doc.find(marker).expect("docs/admin.md has the recipe") + marker.len();
+    let recipe = &doc[start..start + doc[start..].find("```").unwrap()];
+    assert!(recipe.contains("--keep-urls"), "{recipe}");
+
+    let bin_dir = env.tmp.path().join("bin");
+    fs::create_dir(&bin_dir).unwrap();
+    let transcript = env.tmp.path().join("transcript");
+    fs::write(&transcript, EMERGE_TRANSCRIPT).unwrap();
+    let cfg = env.config(&format!(
+        "root = {:?}\nstate_dir = {:?}\nhosts = [\"server\", \"client1\"]\n",
+        env.root, env.state
+    ));
+    let script = |name: &str, body: String| {
+        let p = bin_dir.join(name);
+        fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut fs::metadata(&p).unwrap().permissions(),
+            0o755,
+        );
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    script("emerge", format!("cat {:?} >&2", transcript));
+    script(
+        "distlink",
+        format!(
+            "sub=$1; shift; exec {:?} \"$sub\" --config {:?} \"$@\"",
+            bin(),
+            cfg
+        ),
+    );
+    let work = env.tmp.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-e", "-c", recipe])
+        .current_dir(&work)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{recipe}\n{stdout}\n{stderr}");
+    for n in STALE {
+        assert!(stdout.contains(&format!("would remove {n}")), "{stdout}");
+        assert!(stdout.contains(&format!("removed {n}")), "{stdout}");
+    }
+    assert_eq!(env.names("client1"), sorted(&NEEDED));
+}
+
+/// Each way a keep list goes wrong holds the prune back or refuses it,
+/// and removes nothing.
+#[test]
+fn a_keep_list_that_cannot_be_what_was_meant_removes_nothing() {
+    let env = client1();
+    let write = |name: &str, text: &str| {
+        let p = env.tmp.path().join(name);
+        fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let everything = sorted(&[&NEEDED[..], &STALE[..]].concat());
+    // The transcript given as a keep list: the URL's line is named.
+    let urls = write("client1.fetch", EMERGE_TRANSCRIPT);
+    for dry in [false, true] {
+        let mut args = vec!["--keep-list", urls.as_str()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let (code, out, err) = Env::output(env.prune("client1", &args));
+        assert_eq!(code, Some(2), "{out}{err}");
+        assert!(
+            err.contains(&urls) && err.contains("line 12:") && err.contains("--keep-urls"),
+            "{err}"
+        );
+    }
+    // A list of names made for another host: none is among client1's.
+    let other = write("other", "linux-6.12.tar.xz\nglibc-2.40.tar.xz\n");
+    for extra in [&[][..], &["--dry-run"], &["--older-than", "1h"]] {
+        let mut args = vec!["--keep-list", other.as_str()];
+        args.extend_from_slice(extra);
+        let (code, out, err) = Env::output(env.prune("client1", &args));
+        assert_eq!(code, Some(1), "{extra:?}: {out}{err}");
+        assert!(
+            err.contains("nothing removed") && err.contains("none of them"),
+            "{err}"
+        );
+        assert_eq!(env.names("client1"), everything);
+    }
+    // A selection taking every file needs --all.
+    for n in NEEDED.iter().chain(&STALE) {
+        env.age("client1", n, 400 * DAY);
+    }
+    let (code, _, err) = Env::output(env.prune("client1", &["--older-than", "1y", "--dry-run"]));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("every file of host client1") && err.contains("--all"),
+        "{err}"
+    );
+    assert_eq!(env.names("client1"), everything);
+    // A trailing comment no longer hides the name: only the stale go.
+    let commented = write(
+        "commented",
+        &NEEDED
+            .iter()
+            .map(|n| format!("{n}   # needed by @world\n"))
+            .collect::<String>(),
+    );
+    let (code, _, err) = Env::output(env.prune("client1", &["--keep-list", &commented]));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(env.names("client1"), sorted(&NEEDED));
+    // The forced prune: a list naming none of the files, but not all go.
+    env.age("client1", NEEDED[0], Duration::from_secs(7200));
+    let (code, _, err) = Env::output(env.prune(
+        "client1",
+        &["--keep-list", &other, "--older-than", "1d", "--force"],
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(env.names("client1"), sorted(&NEEDED[..1]));
+}
