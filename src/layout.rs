@@ -90,6 +90,47 @@ impl Layout {
         self.root_fd.as_fd()
     }
 
+    /// Whether the directory held open as `dir` is the root, a host dir,
+    /// or lies inside one of them, by identity (device and inode), however
+    /// it was spelled: walks `..` from `dir` up to `/`, comparing each
+    /// step with the root and every host dir of this layout (a bind mount
+    /// of a host dir is that dir). Says which, for a refusal.
+    pub fn holds_dir(&self, dir: BorrowedFd<'_>, path: &Path) -> Result<Option<String>> {
+        let ids: Vec<((u64, u64), String)> = std::iter::once((
+            (self.root_stat.dev, self.root_stat.ino),
+            format!("the root {}", quote::path(&self.root)),
+        ))
+        .chain(self.hosts.iter().map(|h| {
+            (
+                (h.stat.dev, h.stat.ino),
+                format!("the dir of host {} ({})", h.name, quote::path(&h.path)),
+            )
+        }))
+        .collect();
+        let mut here = fsops::stat_fd(dir).map_err(|e| Error::sys(path, e))?;
+        let mut up: Option<OwnedFd> = None;
+        let mut first = true;
+        loop {
+            if let Some((_, what)) = ids.iter().find(|(id, _)| *id == (here.dev, here.ino)) {
+                return Ok(Some(if first {
+                    what.clone()
+                } else {
+                    format!("a directory inside {what}")
+                }));
+            }
+            let at = up.as_ref().map_or(dir, |f| f.as_fd());
+            let parent =
+                fsops::open_dir_at(at, OsStr::new("..")).map_err(|e| Error::sys(path, e))?;
+            let pst = fsops::stat_fd(parent.as_fd()).map_err(|e| Error::sys(path, e))?;
+            if (pst.dev, pst.ino) == (here.dev, here.ino) {
+                return Ok(None);
+            }
+            here = pst;
+            up = Some(parent);
+            first = false;
+        }
+    }
+
     /// Opens (creating if missing) the dir of host `name`, never following a
     /// symlink planted at its place.
     pub fn open_host(&self, name: &str) -> Result<(HostDir, Opened)> {

@@ -185,6 +185,23 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
     Ok(report)
 }
 
+/// Refuses a `--from` that is the root, a host dir, or inside one of them
+/// (by identity, not path text): its files already belong to a host, and
+/// moving them would empty that host and record its names as pruned there.
+fn refuse_from_inside(from: &std::path::Path, layout: &Layout) -> Result<()> {
+    let fd = crate::fsops::open_dir_path(from)
+        .map_err(|e| Error::Usage(format!("--from {}: {e}", quote::path(from))))?;
+    match layout.holds_dir(std::os::fd::AsFd::as_fd(&fd), from)? {
+        None => Ok(()),
+        Some(what) => Err(Error::Refused(format!(
+            "--from {} is {what} (compared by identity, not by path): its files already belong \
+             to a host. --from takes a flat DISTDIR outside the root; to migrate one that is the \
+             root itself, move it aside first (mv ROOT ROOT.old, mkdir ROOT) and give that",
+            quote::path(from)
+        ))),
+    }
+}
+
 fn import(
     from: &std::path::Path,
     layout: &Layout,
@@ -192,6 +209,7 @@ fn import(
     filter: &NameFilter,
     opts: &MigrateOpts,
 ) -> Result<Imported> {
+    refuse_from_inside(from, layout)?;
     let pb = bar(0, "moving");
     let mut done = 0;
     let imported = engine::import_flat(

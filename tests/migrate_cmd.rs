@@ -315,3 +315,70 @@ fn a_dry_run_after_a_kill_9_sees_the_links_journal_and_keeps_a_prune() {
         "the dry run consumed the journal"
     );
 }
+
+/// `migrate --from` pointed at files a host already holds (the root, a
+/// host dir, a dir inside one), however the path is spelled, is refused
+/// before anything moves: it used to empty client1 into server and
+/// record client1's names as pruned there.
+#[test]
+fn from_a_host_dir_or_anything_inside_the_root_is_refused_however_spelled() {
+    let mut env = Env::new(&["server", "client1"]);
+    env.settle = "0s".into();
+    fs::write(env.path("client1", "qux-3.tar.gz"), b"qux").unwrap();
+    fs::write(env.path("server", "zed.tar.xz"), b"zed").unwrap();
+    fs::create_dir(env.path("client1", "git3-src")).unwrap();
+    let link = env.tmp.path().join("distdir-link");
+    std::os::unix::fs::symlink(env.dir("client1"), &link).unwrap();
+    let before = env.snapshot();
+    let mut spellings = vec![
+        (env.dir("client1"), "the dir of host client1"),
+        (
+            env.dir("server").join("..").join("client1"),
+            "the dir of host client1",
+        ),
+        (link.clone(), "the dir of host client1"),
+        (env.root.clone(), "the root"),
+        (env.root.join("."), "the root"),
+        (
+            env.path("client1", "git3-src"),
+            "inside the dir of host client1",
+        ),
+    ];
+    let mnt = env.tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let bound = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(env.dir("client1"))
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if bound {
+        spellings.push((mnt.clone(), "the dir of host client1"));
+    } else {
+        eprintln!("skipped the bind-mount spelling: cannot bind-mount here (needs root)");
+    }
+    for (from, what) in &spellings {
+        for dry in [true, false] {
+            let more: &[&str] = if dry { &["--dry-run"] } else { &[] };
+            let (code, out, err) = Env::output(env.migrate_from(from, "server", more));
+            assert_eq!(code, Some(2), "{} dry={dry}: {out}{err}", from.display());
+            assert!(
+                err.contains(what) && err.contains("compared by identity"),
+                "{}: {err}",
+                from.display()
+            );
+            assert_eq!(env.snapshot(), before, "{} moved files", from.display());
+        }
+    }
+    if bound {
+        umount(&mnt);
+    }
+    // A flat DISTDIR outside the root still works.
+    let flat = flat_distdir(&env);
+    let (code, out, err) = Env::output(env.migrate_from(&flat, "server", &[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        env.same_inode(&["server", "client1"], "qux-3.tar.gz"),
+        "{out}{err}"
+    );
+}
