@@ -41,6 +41,9 @@ pub struct Config {
     pub dedupe: bool,
     pub watch: WatchMode,
     pub log_format: LogFormat,
+    /// The group whose members may read the record (`status`, `check`):
+    /// the daemon makes the state dir root:GROUP 2750 at each start.
+    pub state_group: Option<String>,
     /// The file this came from, if any (re-read on SIGHUP).
     pub file: Option<PathBuf>,
 }
@@ -68,6 +71,7 @@ struct FileConfig {
     ignore: Option<Vec<String>>,
     dedupe: Option<bool>,
     log_format: Option<LogFormat>,
+    state_group: Option<String>,
     watch: Option<WatchTable>,
 }
 
@@ -194,6 +198,9 @@ impl Config {
                 "watch.interval: the poll interval must be greater than zero".into(),
             ));
         }
+        if let Some(g) = &f.state_group {
+            group_id(g)?;
+        }
         Ok(Config {
             root,
             hosts,
@@ -203,8 +210,22 @@ impl Config {
             dedupe: f.dedupe.unwrap_or(true),
             watch,
             log_format: ov.log_format.or(f.log_format).unwrap_or_default(),
+            state_group: f.state_group,
             file,
         })
+    }
+}
+
+/// The id of the group named by `state_group`.
+pub fn group_id(name: &str) -> Result<u32> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(Error::Config(format!(
+            "state_group: there is no group named {name:?} (create it with groupadd, or remove the key)"
+        ))),
+        Err(e) => Err(Error::Config(format!(
+            "state_group: cannot look up group {name:?}: {e}"
+        ))),
     }
 }
 
@@ -331,6 +352,10 @@ interval = "10s"
             (
                 "root = \"/r\"\nhosts = [\"a\"]\nignore = [\"[\"]\n",
                 "ignore",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\nstate_group = \"no-such-group-x\"\n",
+                "state_group",
             ),
             ("hosts = [\"a\"]\n", "root"),
             ("root = \"/r\"\n", "hosts"),

@@ -239,6 +239,11 @@ impl Signals {
 pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     let mut signals = Signals::install()?;
     let mut engine = open_engine(&cfg, false)?;
+    if let Some(group) = &cfg.state_group {
+        engine
+            .store
+            .share_with_group(crate::config::group_id(group)?)?;
+    }
     // Byte comparisons (which a client can make as slow as it likes) never
     // hold up the event loop.
     engine.compare_in_background().map_err(|e| Error::Io {

@@ -105,6 +105,10 @@ enum Cmd {
     Check {
         #[command(flatten)]
         common: Common,
+        /// A daemon is expected: one that does not run is a problem (one
+        /// that was killed or crashed always is).
+        #[arg(long)]
+        daemon: bool,
         /// Print the problems as one JSON object.
         #[arg(long)]
         json: bool,
@@ -379,11 +383,15 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 Err(e) => fail(&e),
             }
         }
-        Cmd::Check { common, json } => {
+        Cmd::Check {
+            common,
+            daemon,
+            json,
+        } => {
             let (cfg, _) = load(&common.src, &common.hosts)?;
             match status::gather(&cfg) {
                 Ok(s) => {
-                    let problems = s.problems();
+                    let problems = s.problems(daemon);
                     if json {
                         print_json(
                             &serde_json::json!({ "ok": problems.is_empty(), "problems": problems }),

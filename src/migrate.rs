@@ -83,7 +83,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
     let filter = NameFilter::new(&cfg.ignore)?;
 
     // With the daemon running, only the move is ours to do.
-    if let Some(pid) = state::lock_holder(&cfg.state_dir) {
+    if let Some(pid) = state::lock_holder(&cfg.state_dir)? {
         let Some(from) = &opts.from else {
             return Err(Error::Refused(format!(
                 "distlink (pid {pid}) holds the state lock {}; it already distributes every new \

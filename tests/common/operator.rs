@@ -27,3 +27,36 @@ impl Env {
         self.single("migrate", more)
     }
 }
+
+impl Env {
+    /// `status`/`check` and the like: root, state dir, hosts and the
+    /// extra arguments (a `--config`), nothing a reader does not take.
+    pub fn reader(&self, sub: &str, more: &[&str]) -> Command {
+        let mut c = Command::new(super::bin());
+        c.arg(sub)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state-dir")
+            .arg(&self.state);
+        if matches!(sub, "prune" | "migrate") {
+            c.arg("--hosts").arg(self.hosts.join(","));
+        } else {
+            for h in &self.hosts {
+                c.args(["--host", h]);
+            }
+        }
+        c.args(&self.extra).args(more);
+        c
+    }
+
+    /// Like [`Env::reader`], run as user `nobody` with group `group` and
+    /// no other (a monitoring agent), through `setpriv`.
+    pub fn reader_as_nobody(&self, group: &str, sub: &str, more: &[&str]) -> Command {
+        let inner = self.reader(sub, more);
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "nobody", "--regid", group, "--clear-groups"])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        c
+    }
+}
