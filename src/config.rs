@@ -101,8 +101,12 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(
 
 /// Parses a humantime duration ("500ms", "5s", "1h 30m").
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use a form like \"500ms\" or \"5s\""))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!(
+            "invalid duration '{}' ({e}); use a form like 500ms or 5s",
+            crate::quote::bytes(s.as_bytes())
+        )
+    })
 }
 
 impl Config {
@@ -150,8 +154,8 @@ impl Config {
         };
         if !root.is_absolute() {
             return Err(cfg_err(format!(
-                "root: {:?} is not an absolute path",
-                root.display().to_string()
+                "root: {} is not an absolute path",
+                crate::quote::path(&root)
             )));
         }
         let hosts = if !ov.hosts.is_empty() {
@@ -167,7 +171,10 @@ impl Config {
         for (i, h) in hosts.iter().enumerate() {
             validate_host(h)?;
             if hosts[..i].contains(h) {
-                return Err(cfg_err(format!("hosts: host {h:?} is listed twice")));
+                return Err(cfg_err(format!(
+                    "hosts: host '{}' is listed twice",
+                    crate::quote::bytes(h.as_bytes())
+                )));
             }
         }
         let state_dir = match (&ov.state_dir, &f.state_dir) {
@@ -177,8 +184,8 @@ impl Config {
         };
         if !state_dir.is_absolute() {
             return Err(cfg_err(format!(
-                "state_dir: {:?} is not an absolute path",
-                state_dir.display().to_string()
+                "state_dir: {} is not an absolute path",
+                crate::quote::path(&state_dir)
             )));
         }
         let ignore = f.ignore.unwrap_or_default();
@@ -221,10 +228,12 @@ pub fn group_id(name: &str) -> Result<u32> {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
         Ok(None) => Err(Error::Config(format!(
-            "state_group: there is no group named {name:?} (create it with groupadd, or remove the key)"
+            "state_group: there is no group named '{}' (create it with groupadd, or remove the key)",
+            crate::quote::bytes(name.as_bytes())
         ))),
         Err(e) => Err(Error::Config(format!(
-            "state_group: cannot look up group {name:?}: {e}"
+            "state_group: cannot look up group '{}': {e}",
+            crate::quote::bytes(name.as_bytes())
         ))),
     }
 }
@@ -238,7 +247,8 @@ fn parse_file(text: &str) -> std::result::Result<FileConfig, String> {
 pub fn validate_host(h: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::Config(format!(
-            "hosts: invalid host name {h:?}: {why}"
+            "hosts: invalid host name '{}': {why}",
+            crate::quote::bytes(h.as_bytes())
         )))
     };
     if h.is_empty() {

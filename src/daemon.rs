@@ -135,7 +135,7 @@ pub fn sync(cfg: &Config, adopt: bool) -> Result<SyncReport> {
 pub fn forget_host(cfg: &Config, host: &str) -> Result<()> {
     if cfg.hosts.iter().any(|h| h == host) {
         return Err(Error::Usage(format!(
-            "host {host:?} is configured; remove it from `hosts` first (a configured host cannot be forgotten)"
+            "host '{host}' is configured; remove it from `hosts` first (a configured host cannot be forgotten)"
         )));
     }
     // The same checks as every command that writes the record: a state
@@ -145,8 +145,9 @@ pub fn forget_host(cfg: &Config, host: &str) -> Result<()> {
     if !store.hosts().contains(host) {
         let known: Vec<&str> = store.absent().keys().map(String::as_str).collect();
         return Err(Error::Usage(format!(
-            "the record in {} does not know host {host:?}; hosts it remembers outside the configuration: {}",
+            "the record in {} does not know host '{}'; hosts it remembers outside the configuration: {}",
             crate::quote::path(store.path()),
+            crate::quote::bytes(host.as_bytes()),
             if known.is_empty() {
                 "none".to_string()
             } else {

@@ -43,6 +43,24 @@ pub struct MigrateReport {
     pub failed: u64,
 }
 
+/// A dry run's scratch dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Result<Scratch> {
+        let template = std::env::temp_dir().join(format!("distlink-dry-run-{what}-XXXXXX"));
+        nix::unistd::mkdtemp(&template)
+            .map(Scratch)
+            .map_err(|e| Error::sys(&template, e))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -67,7 +85,8 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         (None, Some(_)) => return Err(Error::Usage("--host goes with --from DIR".into())),
         (_, Some(h)) if !cfg.hosts.contains(h) => {
             return Err(Error::Usage(format!(
-                "--host: unknown host {h:?}; known hosts: {}",
+                "unknown host '{}'; known hosts: {}",
+                quote::bytes(h.as_bytes()),
                 cfg.hosts.join(", ")
             )));
         }
@@ -101,46 +120,60 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         return Ok(report);
     }
 
+    // A dry run must not create a record, nor a host dir: it works on a
+    // scratch copy of the record, and empty scratch dirs stand in for the
+    // host dirs the real run creates. (Fresh, unpredictable root-only
+    // dirs: nobody can plant anything in them beforehand.)
+    let scratch = match opts.dry_run {
+        true => Some((Scratch::new("record")?, Scratch::new("hosts")?)),
+        false => None,
+    };
     // The record (checked to describe this root) is opened before any
-    // host dir is created; a dry run creates nothing.
-    let (layout, mut store) = if opts.dry_run {
-        let (l, problems) = Layout::open_existing(&cfg.root, &cfg.hosts)?;
-        for p in problems {
-            tracing::warn!("{p}");
+    // host dir is created.
+    let (mut layout, store) = match &scratch {
+        Some((record, stand_ins)) => {
+            let mut l = Layout::open_root(&cfg.root)?;
+            for h in &cfg.hosts {
+                let dir = match crate::fsops::stat_at(l.root_fd(), std::ffi::OsStr::new(h)) {
+                    Err(nix::errno::Errno::ENOENT) => {
+                        let path = stand_ins.0.join(h);
+                        std::fs::create_dir(&path).map_err(|e| Error::Io {
+                            path: path.clone(),
+                            source: e,
+                        })?;
+                        crate::layout::HostDir::stand_in(h, &l, &path)?
+                    }
+                    _ => l.open_host(h)?.0,
+                };
+                l.hosts.push(dir);
+            }
+            l.check_same_fs()?;
+            state::copy_record(&cfg.state_dir, &record.0)?;
+            // Refused as the real run would be (a record of another root).
+            let s = Store::open_for_root(&record.0, &cfg.root, l.root_fd(), false)?;
+            (l, s)
         }
-        (l, None)
-    } else {
-        let mut l = Layout::open_root(&cfg.root)?;
-        let s = Store::open_for_root(&cfg.state_dir, &cfg.root, l.root_fd(), false)?;
-        l.open_hosts(&cfg.hosts)?;
-        (l, Some(s))
+        None => {
+            let mut l = Layout::open_root(&cfg.root)?;
+            let s = Store::open_for_root(&cfg.state_dir, &cfg.root, l.root_fd(), false)?;
+            l.open_hosts(&cfg.hosts)?;
+            (l, s)
+        }
     };
     if let Some(from) = &opts.from {
         let idx = host
             .as_deref()
             .and_then(|h| layout.index_of(h))
-            .ok_or_else(|| Error::Refused(format!("host dir of {host:?} is missing")))?;
-        report.imported = Some(import(from, &layout, idx, &filter, opts)?);
+            .ok_or_else(|| Error::Usage("--from needs the host the files go to".into()))?;
+        let imported = import(from, &layout, idx, &filter, opts)?;
+        if opts.dry_run {
+            // The engine sees the files the real run would have moved in.
+            let fd = crate::fsops::open_dir_path(from).map_err(|e| Error::sys(from, e))?;
+            let names = imported.names_in.iter().cloned().collect();
+            layout.hosts[idx].pretend.moved_in = Some((fd, names));
+        }
+        report.imported = Some(imported);
     }
-    // A dry run must not create a record: it works on a scratch copy.
-    // (A fresh, unpredictable root-only dir: nobody can plant anything
-    // in it beforehand.)
-    let scratch = match opts.dry_run {
-        true => {
-            let template = std::env::temp_dir().join("distlink-dry-run-XXXXXX");
-            let dir = nix::unistd::mkdtemp(&template).map_err(|e| Error::sys(&template, e))?;
-            Some(dir)
-        }
-        false => None,
-    };
-    let store = match (store.take(), &scratch) {
-        (Some(s), _) => s,
-        (None, Some(dir)) => {
-            state::copy_record(&cfg.state_dir, dir)?;
-            Store::open(dir)?
-        }
-        (None, None) => Store::open(&cfg.state_dir)?,
-    };
     let mut store = store;
     crate::identity::upgrade_record(&layout, &mut store);
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
@@ -164,9 +197,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         pb.finish_and_clear();
         y
     };
-    if let Some(dir) = scratch {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    drop(scratch);
     report.linked = engine.counters.linked;
     report.deduplicated = engine.counters.merged;
     report.bytes_reclaimed = engine.counters.reclaimed;

@@ -112,8 +112,9 @@ pub fn parse_age(s: &str) -> std::result::Result<Duration, String> {
         "h (hours), d (days), w (weeks), m (months of 30 days) or y (years of 365 days)";
     let bad = || {
         format!(
-            "invalid age {s:?}: write a whole number and one unit, as eclean-dist's --time-limit: \
-             {UNITS}; e.g. 180d or 6m"
+            "invalid age '{}': write a whole number and one unit, as eclean-dist's --time-limit: \
+             {UNITS}; e.g. 180d or 6m",
+            quote::bytes(s.as_bytes())
         )
     };
     let (n, unit) = s.split_at(s.len().saturating_sub(1));
@@ -131,7 +132,7 @@ pub fn parse_age(s: &str) -> std::result::Result<Duration, String> {
     let n: u64 = n.parse().map_err(|_| bad())?;
     if n == 0 {
         return Err(format!(
-            "age {s:?} selects every file; use --all to remove every file of a host"
+            "age '{s}' selects every file; use --all to remove every file of a host"
         ));
     }
     n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
@@ -140,7 +141,8 @@ pub fn parse_age(s: &str) -> std::result::Result<Duration, String> {
 pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result<PruneReport> {
     if !cfg.hosts.iter().any(|h| h == host) {
         return Err(Error::Usage(format!(
-            "--host: unknown host {host:?}; known hosts: {}",
+            "unknown host '{}'; known hosts: {}",
+            quote::bytes(host.as_bytes()),
             cfg.hosts.join(", ")
         )));
     }

@@ -76,8 +76,8 @@ fn from_a_flat_distdir_moves_into_the_host_and_links_everywhere() {
         ]
     );
     // The record is written: the daemon starts clean, check is happy.
-    let d = env.start();
-    drop(d);
+    let mut d = env.start();
+    assert!(d.stop().success());
     let (code, out, _) = Env::output(env.command("check", &[]));
     assert_eq!(code, Some(0), "{out}");
 }
@@ -381,4 +381,98 @@ fn from_a_host_dir_or_anything_inside_the_root_is_refused_however_spelled() {
         env.same_inode(&["server", "client1"], "qux-3.tar.gz"),
         "{out}{err}"
     );
+}
+
+/// Runs `migrate` (with `more`) as a dry run, then for real, and checks
+/// the dry run's JSON report is the real run's, word for word.
+fn dry_run_predicts(env: &Env, what: &str, more: &[&str]) -> serde_json::Value {
+    let with = |extra: &[&str]| {
+        let mut args = more.to_vec();
+        args.extend_from_slice(extra);
+        let cmd = match args.iter().position(|a| *a == "--from") {
+            Some(k) => {
+                let (from, host) = (args[k + 1].to_string(), args[k + 3].to_string());
+                args.drain(k..k + 4);
+                env.migrate_from(std::path::Path::new(&from), &host, &args)
+            }
+            None => env.migrate(&args),
+        };
+        Env::output(cmd)
+    };
+    let before = env.snapshot();
+    let (code_dry, dry, err) = with(&["--dry-run", "--json"]);
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "{what}: the dry run changed something"
+    );
+    let (code, real, err2) = with(&["--json"]);
+    let (mut dry, mut real) = (json(&dry), json(&real));
+    assert_eq!(dry["dry_run"], true);
+    dry["dry_run"] = false.into();
+    assert_eq!(dry, real, "{what}: dry run {err}\nreal run {err2}");
+    assert_eq!(code_dry, code, "{what}");
+    real["dry_run"] = true.into();
+    real
+}
+
+/// Every setup a migrate meets: the dry run says exactly what the run
+/// does (it used to say "would be linked 0" where the run linked 6, and
+/// fail on a fresh root with `host dir of Some("server") is missing`).
+#[test]
+fn a_dry_run_predicts_exactly_what_the_run_does() {
+    // A fresh root: no host dir yet; a flat DISTDIR moves into server.
+    let mut env = Env::new(&[]);
+    env.hosts = vec!["server".into(), "c1".into(), "c2".into()];
+    env.settle = "0s".into();
+    let flat = flat_distdir(&env);
+    let r = dry_run_predicts(
+        &env,
+        "fresh root",
+        &["--from", flat.to_str().unwrap(), "--host", "server"],
+    );
+    assert_eq!(r["imported"]["moved"], 2);
+    assert_eq!(r["linked"], 4);
+    assert!(env.same_inode(&["server", "c1", "c2"], "foo-1.0.tar.gz"));
+
+    // Per-host copies: identical ones merge, different ones conflict.
+    let mut env = Env::new(&["a", "b", "c"]);
+    env.settle = "0s".into();
+    for h in ["a", "b", "c"] {
+        fs::write(env.path(h, "same.tar"), b"same bytes").unwrap();
+    }
+    fs::write(env.path("a", "differs.tar"), b"one").unwrap();
+    fs::write(env.path("b", "differs.tar"), b"two").unwrap();
+    fs::write(env.path("c", "only-c.tar"), b"c").unwrap();
+    let r = dry_run_predicts(&env, "dedupe and conflict", &[]);
+    assert_eq!(r["deduplicated"], 2, "{r}");
+    assert_eq!(r["conflicts"].as_array().map(Vec::len), Some(1), "{r}");
+    assert!(env.same_inode(&["a", "b", "c"], "same.tar"));
+
+    // --from into a host that holds files: a duplicate, a conflict, new
+    // files; then a second run with a record, after a prune.
+    let flat = flat_distdir(&env);
+    fs::write(flat.join("only-c.tar"), b"c").unwrap();
+    fs::write(flat.join("same.tar"), b"other bytes").unwrap();
+    let r = dry_run_predicts(
+        &env,
+        "--from with a record",
+        &["--from", flat.to_str().unwrap(), "--host", "a"],
+    );
+    assert_eq!(r["record_existed"], true, "{r}");
+    assert_eq!(r["imported"]["moved"], 2, "{r}");
+    assert_eq!(r["imported"]["duplicates"], 1, "{r}");
+    fs::remove_file(env.path("b", "foo-1.0.tar.gz")).unwrap();
+    fs::write(flat.join("new-3.tar"), b"new").unwrap();
+    let r = dry_run_predicts(
+        &env,
+        "second --from",
+        &["--from", flat.to_str().unwrap(), "--host", "c"],
+    );
+    assert!(
+        !env.exists("b", "foo-1.0.tar.gz"),
+        "a prune was undone: {r}"
+    );
+    assert!(env.same_inode(&["a", "b", "c"], "new-3.tar"));
+    dry_run_predicts(&env, "nothing left", &[]);
 }

@@ -38,7 +38,7 @@ impl Engine {
         if created && self.take_echo(host, name) {
             return None;
         }
-        let st = fsops::stat_at(self.layout.hosts.get(host)?.fd(), name).ok()?;
+        let st = fsops::stat_at(self.layout.hosts.get(host)?.at(name), name).ok()?;
         if ineligible(&st).is_some() {
             return None;
         }
@@ -100,7 +100,7 @@ impl Engine {
             return Ok(Arrival::Skipped("ignored name"));
         }
         // Pinned first, then looked at: what is checked is what gets linked.
-        let fd = match fsops::open_path_at(self.layout.hosts[host].fd(), name) {
+        let fd = match fsops::open_path_at(self.layout.hosts[host].at(name), name) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(Arrival::Gone),
             Err(e) => return Err(self.ferr(host, name, "open", e)),

@@ -249,7 +249,7 @@ impl Engine {
             let mut order = inodes.clone();
             order.sort_by_key(|(h, s)| (std::cmp::Reverse(s.nlink), *h));
             for (i, (h, st)) in order.iter().enumerate() {
-                let still = fsops::stat_at(self.layout.hosts[*h].fd(), name)
+                let still = fsops::stat_at(self.layout.hosts[*h].at(name), name)
                     .is_ok_and(|now| now.ino == st.ino);
                 if !still || i == 0 {
                     continue;
@@ -264,7 +264,7 @@ impl Engine {
             // they are described from the same side every time.
             let mut best: Option<(usize, FileStat)> = None;
             for &h in &all {
-                if let Ok(st) = fsops::stat_at(self.layout.hosts[h].fd(), name)
+                if let Ok(st) = fsops::stat_at(self.layout.hosts[h].at(name), name)
                     && ineligible(&st).is_none()
                     && best.is_none_or(|(_, b)| st.nlink > b.nlink)
                 {
@@ -288,7 +288,7 @@ impl Engine {
     pub fn revisit(&mut self, name: &OsStr, now: SystemTime, settle: Duration) {
         let holders: Vec<(usize, FileStat)> = (0..self.layout.hosts.len())
             .filter_map(|h| {
-                fsops::stat_at(self.layout.hosts[h].fd(), name)
+                fsops::stat_at(self.layout.hosts[h].at(name), name)
                     .ok()
                     .filter(|s| ineligible(s).is_none())
                     .map(|s| (h, s))
@@ -366,7 +366,7 @@ impl Engine {
             if !self.dry_run {
                 // Every copy left (conflicting ones too) counts as distributed.
                 for i in &all {
-                    if let Ok(s) = fsops::stat_at(self.layout.hosts[*i].fd(), name)
+                    if let Ok(s) = fsops::stat_at(self.layout.hosts[*i].at(name), name)
                         && ineligible(&s).is_none()
                     {
                         self.store.record(name, s.id(), s.size, Some(s.mtime_ns));
