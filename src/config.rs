@@ -165,7 +165,7 @@ impl Config {
         };
         if hosts.is_empty() {
             return Err(cfg_err(
-                "hosts: no hosts given (set `hosts` in the config file, or pass --host for run, sync, status and check, --hosts for prune and migrate)".into(),
+                "hosts: no hosts given (set `hosts` in the config file, or pass --host NAME for each)".into(),
             ));
         }
         for (i, h) in hosts.iter().enumerate() {

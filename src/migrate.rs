@@ -79,10 +79,10 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
     let host = match (&opts.from, &opts.host) {
         (Some(_), None) => {
             return Err(Error::Usage(
-                "--from needs --host NAME: the host the files belong to".into(),
+                "--from needs --into HOST: the host the files belong to".into(),
             ));
         }
-        (None, Some(_)) => return Err(Error::Usage("--host goes with --from DIR".into())),
+        (None, Some(_)) => return Err(Error::Usage("--into goes with --from DIR".into())),
         (_, Some(h)) if !cfg.hosts.contains(h) => {
             return Err(Error::Usage(format!(
                 "unknown host '{}'; known hosts: {}",
@@ -164,7 +164,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         let idx = host
             .as_deref()
             .and_then(|h| layout.index_of(h))
-            .ok_or_else(|| Error::Usage("--from needs the host the files go to".into()))?;
+            .ok_or_else(|| Error::Usage("--from needs --into HOST".into()))?;
         let imported = import(from, &layout, idx, &filter, opts)?;
         if opts.dry_run {
             // The engine sees the files the real run would have moved in.

@@ -1,4 +1,4 @@
-//! `distlink prune --host NAME`: server-side pruning of one host's dir, for
+//! `distlink prune HOST`: server-side pruning of one host's dir, for
 //! hosts that are offline or retired, age policies, and honest accounting
 //! of what is freed. Only candidates are touched; the running daemon treats
 //! the removals like any client prune (final, never undone).

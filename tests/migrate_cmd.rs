@@ -18,7 +18,7 @@ fn dry_run_into_a(env: &Env, flat: &std::path::Path) -> (Option<i32>, String, St
         &[
             "--from",
             flat.to_str().unwrap(),
-            "--host",
+            "--into",
             "a",
             "--dry-run",
             "--json",
@@ -48,7 +48,7 @@ fn from_a_flat_distdir_moves_into_the_host_and_links_everywhere() {
         &[
             "--from",
             flat.to_str().unwrap(),
-            "--host",
+            "--into",
             "server",
             "--json",
         ],
@@ -100,13 +100,13 @@ fn from_another_filesystem_needs_copy_and_then_verifies_before_removing() {
         .set_modified(old)
         .unwrap();
     let from = other.to_str().unwrap().to_string();
-    let (code, _, err) = Env::output(env.single("migrate", &["--from", &from, "--host", "a"]));
+    let (code, _, err) = Env::output(env.single("migrate", &["--from", &from, "--into", "a"]));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--copy"), "{err}");
     assert!(other.join("pkg.tar").exists());
     let (code, out, err) = Env::output(env.single(
         "migrate",
-        &["--from", &from, "--host", "a", "--copy", "--json"],
+        &["--from", &from, "--into", "a", "--copy", "--json"],
     ));
     umount(&other);
     assert_eq!(code, Some(0), "{out}{err}");
@@ -252,7 +252,7 @@ fn with_the_daemon_running_from_moves_and_the_daemon_distributes() {
     let d = env.start();
     let (code, out, err) = Env::output(env.single(
         "migrate",
-        &["--from", flat.to_str().unwrap(), "--host", "b"],
+        &["--from", flat.to_str().unwrap(), "--into", "b"],
     ));
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("running daemon distributes"), "{out}");
@@ -276,7 +276,7 @@ fn after_migrate_a_record_exists_so_a_later_migrate_keeps_prunes() {
     let flat = flat_distdir(&env);
     let (code, out, _) = Env::output(env.single(
         "migrate",
-        &["--from", flat.to_str().unwrap(), "--host", "a"],
+        &["--from", flat.to_str().unwrap(), "--into", "a"],
     ));
     assert_eq!(code, Some(0));
     assert!(out.contains("stay pruned"), "{out}");
@@ -429,7 +429,7 @@ fn a_dry_run_predicts_exactly_what_the_run_does() {
     let r = dry_run_predicts(
         &env,
         "fresh root",
-        &["--from", flat.to_str().unwrap(), "--host", "server"],
+        &["--from", flat.to_str().unwrap(), "--into", "server"],
     );
     assert_eq!(r["imported"]["moved"], 2);
     assert_eq!(r["linked"], 4);
@@ -457,7 +457,7 @@ fn a_dry_run_predicts_exactly_what_the_run_does() {
     let r = dry_run_predicts(
         &env,
         "--from with a record",
-        &["--from", flat.to_str().unwrap(), "--host", "a"],
+        &["--from", flat.to_str().unwrap(), "--into", "a"],
     );
     assert_eq!(r["record_existed"], true, "{r}");
     assert_eq!(r["imported"]["moved"], 2, "{r}");
@@ -467,7 +467,7 @@ fn a_dry_run_predicts_exactly_what_the_run_does() {
     let r = dry_run_predicts(
         &env,
         "second --from",
-        &["--from", flat.to_str().unwrap(), "--host", "c"],
+        &["--from", flat.to_str().unwrap(), "--into", "c"],
     );
     assert!(
         !env.exists("b", "foo-1.0.tar.gz"),

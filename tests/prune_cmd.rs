@@ -41,13 +41,7 @@ fn keep_list_removes_everything_else_and_counts_freed_bytes_honestly() {
     fs::write(&keep, "# what b still needs\nx\n\nz\n").unwrap();
     let (code, out, err) = Env::output(env.single(
         "prune",
-        &[
-            "--host",
-            "b",
-            "--keep-list",
-            keep.to_str().unwrap(),
-            "--json",
-        ],
+        &["b", "--keep-list", keep.to_str().unwrap(), "--json"],
     ));
     assert_eq!(code, Some(0), "{err}");
     let r = json(&out);
@@ -71,7 +65,7 @@ fn keep_list_removes_everything_else_and_counts_freed_bytes_honestly() {
 fn keep_list_from_stdin() {
     let env = setup();
     let mut child = env
-        .single("prune", &["--host", "b", "--keep-list", "-"])
+        .single("prune", &["b", "--keep-list", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -94,8 +88,7 @@ fn older_than_selects_by_mtime() {
     let env = setup();
     env.age("b", "x", 200 * DAY);
     env.age("b", "only-b", 200 * DAY);
-    let (code, out, _) =
-        Env::output(env.single("prune", &["--host", "b", "--older-than", "180d", "--json"]));
+    let (code, out, _) = Env::output(env.single("prune", &["b", "--older-than", "180d", "--json"]));
     assert_eq!(code, Some(0));
     assert_eq!(json(&out)["files_removed"], 2);
     assert_eq!(env.names("b"), vec![b"y".to_vec(), b"z".to_vec()]);
@@ -111,7 +104,6 @@ fn keep_list_and_older_than_together_remove_only_what_both_select() {
     let (code, _, _) = Env::output(env.single(
         "prune",
         &[
-            "--host",
             "b",
             "--keep-list",
             keep.to_str().unwrap(),
@@ -134,7 +126,7 @@ fn all_retires_a_host_but_touches_only_candidates() {
     fs::write(env.path("b", ".foo.portage_lockfile"), b"").unwrap();
     fs::write(env.path("b", "big.iso.__download__"), b"partial").unwrap();
     symlink("/etc/passwd", env.path("b", "link")).unwrap();
-    let (code, out, _) = Env::output(env.single("prune", &["--host", "b", "--all"]));
+    let (code, out, _) = Env::output(env.single("prune", &["b", "--all"]));
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(
         env.names("b"),
@@ -153,9 +145,9 @@ fn dry_run_and_pretend_delete_nothing_and_report_the_same() {
     let env = setup();
     let before = env.snapshot();
     let (_, real_would, _) =
-        Env::output(env.single("prune", &["--host", "b", "--all", "--dry-run", "--json"]));
+        Env::output(env.single("prune", &["b", "--all", "--dry-run", "--json"]));
     let (code, pretend, _) =
-        Env::output(env.single("prune", &["--host", "b", "--all", "--pretend", "--json"]));
+        Env::output(env.single("prune", &["b", "--all", "--pretend", "--json"]));
     assert_eq!(code, Some(0));
     assert_eq!(env.snapshot(), before);
     let (a, b) = (json(&real_would), json(&pretend));
@@ -164,7 +156,7 @@ fn dry_run_and_pretend_delete_nothing_and_report_the_same() {
     assert_eq!(a["files_removed"], 4);
     assert_eq!(a["bytes_freed"], 10);
     // The real run reports exactly what the dry run said.
-    let (_, real, _) = Env::output(env.single("prune", &["--host", "b", "--all", "--json"]));
+    let (_, real, _) = Env::output(env.single("prune", &["b", "--all", "--json"]));
     let mut r = json(&real);
     r["dry_run"] = serde_json::Value::Bool(true);
     assert_eq!(r, a);
@@ -173,27 +165,23 @@ fn dry_run_and_pretend_delete_nothing_and_report_the_same() {
 #[test]
 fn bad_selections_and_unknown_hosts_exit_2() {
     let env = setup();
-    let (code, _, err) = Env::output(env.single("prune", &["--host", "nosuch", "--all"]));
+    let (code, _, err) = Env::output(env.single("prune", &["nosuch", "--all"]));
     assert_eq!(code, Some(2));
     assert!(
         err.contains("nosuch") && err.contains("known hosts: a, b"),
         "{err}"
     );
-    let (code, _, err) = Env::output(env.single("prune", &["--host", "b"]));
+    let (code, _, err) = Env::output(env.single("prune", &["b"]));
     assert_eq!(code, Some(2));
     assert!(err.contains("--keep-list"), "{err}");
     let empty = env.tmp.path().join("empty");
     fs::write(&empty, "# nothing\n").unwrap();
-    let (code, _, err) = Env::output(env.single(
-        "prune",
-        &["--host", "b", "--keep-list", empty.to_str().unwrap()],
-    ));
+    let (code, _, err) =
+        Env::output(env.single("prune", &["b", "--keep-list", empty.to_str().unwrap()]));
     assert_eq!(code, Some(2));
     assert!(err.contains("--all"), "{err}");
-    let (code, _, err) = Env::output(env.single(
-        "prune",
-        &["--host", "b", "--keep-list", "/nonexistent/keep"],
-    ));
+    let (code, _, err) =
+        Env::output(env.single("prune", &["b", "--keep-list", "/nonexistent/keep"]));
     assert_eq!(code, Some(2));
     assert!(err.contains("/nonexistent/keep"), "{err}");
     assert_eq!(env.names("b").len(), 4);
@@ -203,7 +191,7 @@ fn bad_selections_and_unknown_hosts_exit_2() {
 fn prune_while_the_daemon_runs_stays_pruned() {
     let env = setup();
     let mut d = env.start();
-    let (code, _, _) = Env::output(env.single("prune", &["--host", "b", "--all"]));
+    let (code, _, _) = Env::output(env.single("prune", &["b", "--all"]));
     assert_eq!(code, Some(0));
     env.fetch("a", "marker", b"m");
     env.wait_everywhere("marker");
@@ -240,10 +228,7 @@ fn awkward_names() -> (Env, Vec<Vec<u8>>) {
 fn prune_keeping(env: &Env, flag: &str, list: &[u8]) -> (Option<i32>, String, String) {
     let keep = env.tmp.path().join("keep");
     fs::write(&keep, list).unwrap();
-    Env::output(env.single(
-        "prune",
-        &["--host", "b", flag, keep.to_str().unwrap(), "--json"],
-    ))
+    Env::output(env.single("prune", &["b", flag, keep.to_str().unwrap(), "--json"]))
 }
 
 #[test]

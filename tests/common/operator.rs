@@ -9,22 +9,22 @@ use super::Env;
 impl Env {
     /// `distlink prune` of `host`'s dir, with the selection in `more`.
     pub fn prune(&self, host: &str, more: &[&str]) -> Command {
-        let mut args = vec!["--host", host];
+        let mut args = vec![host];
         args.extend_from_slice(more);
-        self.single("prune", &args)
+        self.command("prune", &args)
     }
 
     /// `distlink migrate` moving the flat DISTDIR `from` into `host`.
     pub fn migrate_from(&self, from: &Path, host: &str, more: &[&str]) -> Command {
         let from = from.to_str().expect("utf-8 temp path");
-        let mut args = vec!["--from", from, "--host", host];
+        let mut args = vec!["--from", from, "--into", host];
         args.extend_from_slice(more);
-        self.single("migrate", &args)
+        self.command("migrate", &args)
     }
 
     /// `distlink migrate` of the host dirs as they are.
     pub fn migrate(&self, more: &[&str]) -> Command {
-        self.single("migrate", more)
+        self.command("migrate", more)
     }
 }
 
@@ -38,12 +38,8 @@ impl Env {
             .arg(&self.root)
             .arg("--state-dir")
             .arg(&self.state);
-        if matches!(sub, "prune" | "migrate") {
-            c.arg("--hosts").arg(self.hosts.join(","));
-        } else {
-            for h in &self.hosts {
-                c.args(["--host", h]);
-            }
+        for h in &self.hosts {
+            c.args(["--host", h]);
         }
         c.args(&self.extra).args(more);
         c
