@@ -119,9 +119,10 @@ pub fn sync(cfg: &Config, adopt: bool) -> Result<SyncReport> {
     engine.sync_hosts()?;
     let young = engine.reconcile(SystemTime::now(), cfg.settle, true);
     engine.commit()?;
+    let young = crate::migrate::wait_for_young(&mut engine, young, cfg.settle, "sync")?;
     for y in &young {
-        tracing::info!(path = %quote::path(&engine.layout.hosts[y.host].path.join(&y.name)),
-            "not distributed yet: modified less than the settle time ago");
+        tracing::warn!(path = %quote::path(&engine.layout.hosts[y.host].path.join(&y.name)),
+            "not distributed: still being written after the wait");
     }
     Ok(SyncReport {
         counters: engine.counters,

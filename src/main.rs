@@ -296,10 +296,10 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 Ok(r) => {
                     let c = r.counters;
                     eprintln!(
-                        "distlink sync: {} linked, {} merged, {} new conflicts, {} failed, {} not yet settled",
+                        "distlink sync: {} linked, {} merged, {} new conflicts, {} failed, {} still being written",
                         c.linked, c.merged, c.conflicts, c.failed, r.young
                     );
-                    if c.failed > 0 || r.owed {
+                    if c.failed > 0 || r.owed || r.young > 0 {
                         ExitCode::from(1)
                     } else {
                         ExitCode::SUCCESS
@@ -368,7 +368,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 Ok(r) => {
                     show(json, &r, migrate::render);
                     let import_errors = r.imported.as_ref().is_some_and(|i| !i.errors.is_empty());
-                    if r.failed > 0 || import_errors {
+                    if r.failed > 0 || import_errors || !r.not_settled.is_empty() {
                         ExitCode::from(1)
                     } else {
                         ExitCode::SUCCESS

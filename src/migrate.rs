@@ -197,6 +197,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         pb.finish_and_clear();
         y
     };
+    let young = wait_for_young(&mut engine, young, cfg.settle, "migrate")?;
     drop(scratch);
     report.linked = engine.counters.linked;
     report.deduplicated = engine.counters.merged;
@@ -231,6 +232,58 @@ fn refuse_from_inside(from: &std::path::Path, layout: &Layout) -> Result<()> {
             quote::path(from)
         ))),
     }
+}
+
+/// Waits (in the engine: [`Engine::settle_young`]) for the files a scan
+/// found written less than the settle time ago, the usual state of files
+/// just copied in, instead of leaving them for another run; says so on
+/// stderr, with a progress bar on a terminal. Returns those still being
+/// written when the wait ends.
+pub fn wait_for_young(
+    engine: &mut Engine,
+    young: Vec<engine::Young>,
+    settle: std::time::Duration,
+    what: &str,
+) -> Result<Vec<engine::Young>> {
+    if young.is_empty() {
+        return Ok(young);
+    }
+    let limit = Engine::settle_limit(settle);
+    // SIGINT/SIGTERM end the wait: what was done is recorded, the rest
+    // is reported (and a later run finishes it).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    engine.stop_on(stop);
+    eprintln!(
+        "distlink {what}: {} names were written less than {} ago (just copied in?); waiting up \
+         to {} for them to settle",
+        young.len(),
+        humantime::format_duration(settle),
+        humantime::format_duration(limit)
+    );
+    let pb = if std::io::stderr().is_terminal() {
+        let pb = ProgressBar::with_draw_target(
+            Some(limit.as_secs().max(1)),
+            ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) =
+            ProgressStyle::with_template("settling [{bar:30}] {msg}, at most {eta} more")
+        {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut waiting = |n: usize, left: std::time::Duration| {
+        pb.set_position(limit.saturating_sub(left).as_secs());
+        pb.set_message(format!("{n} files still young"));
+    };
+    let left = engine.settle_young(young, settle, limit, &mut waiting)?;
+    pb.finish_and_clear();
+    Ok(left)
 }
 
 fn import(
@@ -283,7 +336,8 @@ pub fn render(r: &MigrateReport) -> String {
         o.push_str("the running daemon distributes the moved files\n");
         return o;
     }
-    if r.record_existed {
+    let did = r.linked + r.deduplicated + r.failed > 0 || !r.not_settled.is_empty();
+    if r.record_existed && did {
         o.push_str(
             "a record exists: only new files were distributed; names pruned earlier stay pruned\n",
         );
@@ -292,7 +346,10 @@ pub fn render(r: &MigrateReport) -> String {
         o.push_str(&format!("conflict: {c}\n"));
     }
     for y in &r.not_settled {
-        o.push_str(&format!("not settled yet (run migrate again later): {y}\n"));
+        o.push_str(&format!(
+            "still being written after the wait, not distributed (run migrate again once it is \
+             complete): {y}\n"
+        ));
     }
     o.push_str(&format!(
         "{w}linked {}, {w}deduplicated {}, conflicts {}, failed {}, {} reclaimed\n",

@@ -474,5 +474,90 @@ fn a_dry_run_predicts_exactly_what_the_run_does() {
         "a prune was undone: {r}"
     );
     assert!(env.same_inode(&["a", "b", "c"], "new-3.tar"));
+    // Every host fetched the same new file at once: one merge each.
+    for h in ["a", "b", "c"] {
+        fs::write(env.path(h, "w.tar"), b"fetched everywhere").unwrap();
+    }
+    let r = dry_run_predicts(&env, "identical copies with a record", &[]);
+    assert_eq!(r["deduplicated"], 2, "{r}");
     dry_run_predicts(&env, "nothing left", &[]);
+}
+
+/// Files just copied into place (mtime now): one migrate does the whole
+/// job, waiting for them to settle, saying so; a second run is a quiet
+/// no-op. (Reported: three hosts each holding fresh identical copies of
+/// three files, `migrate` linked nothing, "run migrate again later".)
+#[test]
+fn freshly_copied_files_are_distributed_in_one_run_and_a_second_is_a_quiet_no_op() {
+    let env = Env::new(&["a", "b", "c"]);
+    for h in ["a", "b", "c"] {
+        for n in ["x.tar", "y.tar", "z.tar"] {
+            fs::write(env.path(h, n), format!("bytes of {n}")).unwrap();
+        }
+    }
+    let (code, out, err) = Env::output(env.migrate(&["--json"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let r = json(&out);
+    assert_eq!(r["deduplicated"], 6, "{r}");
+    assert_eq!(r["not_settled"], serde_json::json!([]), "{r}");
+    assert!(
+        err.contains("waiting up to 20s for them to settle"),
+        "{err}"
+    );
+    assert!(!err.contains("WARN"), "{err}");
+    for n in ["x.tar", "y.tar", "z.tar"] {
+        assert!(env.same_inode(&["a", "b", "c"], n), "{n}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out, err) = Env::output(env.migrate(&[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out, "linked 0, deduplicated 0, conflicts 0, failed 0, 0 B reclaimed\n",
+        "{err}"
+    );
+    assert!(!err.contains("WARN") && !err.contains("waiting"), "{err}");
+}
+
+/// A file that never stops changing is waited for (four settle times, at
+/// least 20 s), then reported, and the exit status says something was
+/// left undone: migrate, and sync alike.
+#[test]
+fn a_file_still_being_written_after_the_wait_is_reported_with_exit_1() {
+    let env = Env::new(&["a", "b"]);
+    fs::write(env.path("a", "done.tar"), b"complete").unwrap();
+    let busy = env.path("a", "busy.tar");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (busy, stop) = (busy.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut f = fs::File::create(&busy).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::io::Write::write_all(&mut f, b"more").unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let (code, out, err) = Env::output(env.migrate(&[]));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(
+        out.contains("still being written after the wait") && out.contains("busy.tar"),
+        "{out}"
+    );
+    assert!(env.same_inode(&["a", "b"], "done.tar"));
+    assert!(!env.exists("b", "busy.tar"));
+    fs::write(env.path("b", "new.tar"), b"new").unwrap();
+    let out = env.sync(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("1 still being written"), "{err}");
+    assert!(env.same_inode(&["a", "b"], "new.tar"));
+    assert!(!env.exists("b", "busy.tar"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
 }

@@ -297,7 +297,9 @@ impl Engine {
 
         self.store
             .record(name, wst.id(), wst.size, Some(wst.mtime_ns));
-        if mode == Mode::Arrival && !self.dry_run {
+        if mode == Mode::Arrival {
+            // (A dry run records them too, in its scratch record: it
+            // decides the rest of the name as the run will.)
             // Every other copy the hosts hold now (different, identical but
             // not merged, or waiting for its comparison) was there before
             // this arrival was handled: recorded too, it never fills a gap
