@@ -151,6 +151,27 @@ impl Layout {
             )
         }))
         .collect();
+        if let Some(what) = Self::walk_up(&ids, dir, path)? {
+            return Ok(Some(what));
+        }
+        // Through a bind mount of a directory inside the root, `..` leads
+        // out of the mount, never into the root: the same directory opened
+        // through the root's own mount is walked too.
+        let st = fsops::stat_fd(dir).map_err(|e| Error::sys(path, e))?;
+        if st.dev == self.root_stat.dev
+            && let Ok(again) = fsops::reopen_through(dir, self.root_fd())
+        {
+            return Self::walk_up(&ids, again.as_fd(), path);
+        }
+        Ok(None)
+    }
+
+    /// Walks `..` from `dir` up to `/`: what of `ids` it meets first.
+    fn walk_up(
+        ids: &[((u64, u64), String)],
+        dir: BorrowedFd<'_>,
+        path: &Path,
+    ) -> Result<Option<String>> {
         let mut here = fsops::stat_fd(dir).map_err(|e| Error::sys(path, e))?;
         let mut up: Option<OwnedFd> = None;
         let mut first = true;

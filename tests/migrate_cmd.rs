@@ -352,9 +352,23 @@ fn from_a_host_dir_or_anything_inside_the_root_is_refused_however_spelled() {
         .arg(&mnt)
         .status()
         .is_ok_and(|s| s.success());
+    // A bind mount of a directory inside a host dir: its `..` leads out.
+    let mnt2 = env.tmp.path().join("mnt2");
+    fs::create_dir(&mnt2).unwrap();
+    let bound2 = bound
+        && std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(env.path("client1", "git3-src"))
+            .arg(&mnt2)
+            .status()
+            .is_ok_and(|s| s.success());
     if bound {
         spellings.push((mnt.clone(), "the dir of host client1"));
-    } else {
+    }
+    if bound2 {
+        spellings.push((mnt2.clone(), "inside the dir of host client1"));
+    }
+    if !bound {
         eprintln!("skipped the bind-mount spelling: cannot bind-mount here (needs root)");
     }
     for (from, what) in &spellings {
@@ -369,6 +383,9 @@ fn from_a_host_dir_or_anything_inside_the_root_is_refused_however_spelled() {
             );
             assert_eq!(env.snapshot(), before, "{} moved files", from.display());
         }
+    }
+    if bound2 {
+        umount(&mnt2);
     }
     if bound {
         umount(&mnt);
