@@ -100,6 +100,10 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         ..MigrateReport::default()
     };
     let filter = NameFilter::new(&cfg.ignore)?;
+    if let Some(from) = &opts.from {
+        // Before anything is created (the record, a host dir).
+        refuse_from_inside(from, &Layout::open_existing(&cfg.root, &cfg.hosts)?.0)?;
+    }
 
     // With the daemon running, only the move is ours to do.
     if let Some(pid) = state::lock_holder(&cfg.state_dir)? {
@@ -293,7 +297,6 @@ fn import(
     filter: &NameFilter,
     opts: &MigrateOpts,
 ) -> Result<Imported> {
-    refuse_from_inside(from, layout)?;
     let pb = bar(0, "moving");
     let mut done = 0;
     let imported = engine::import_flat(

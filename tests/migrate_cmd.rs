@@ -382,6 +382,7 @@ fn from_a_host_dir_or_anything_inside_the_root_is_refused_however_spelled() {
                 from.display()
             );
             assert_eq!(env.snapshot(), before, "{} moved files", from.display());
+            assert!(!env.state.exists(), "a record was created");
         }
     }
     if bound2 {
