@@ -84,7 +84,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// One-time move to the per-host layout: link every file into every host.
+    /// One-time move to the per-host layout: link every file into every
+    /// host, waiting for files just copied in to settle (1 when one was
+    /// still being written).
     Migrate {
         #[command(flatten)]
         src: Source,
