@@ -816,7 +816,10 @@ fn dedupe(o: &Opts) -> String {
                     .arg(r)
                     .arg("--state-dir")
                     .arg(state_of(r))
-                    .args(["--hosts", "h0,h1,h2,h3", "--settle", "0s"]);
+                    .args([
+                        "--host", "h0", "--host", "h1", "--host", "h2", "--host", "h3",
+                    ])
+                    .args(["--settle", "0s"]);
                 c
             }),
         ),

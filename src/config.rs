@@ -54,6 +54,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where the daemon writes its metrics, if anywhere.
     pub metrics: Option<Metrics>,
+    /// The group whose members may read the record (`status`, `check`):
+    /// the daemon makes the state dir root:GROUP 2750 at each start.
+    pub state_group: Option<String>,
     /// The file this came from, if any (re-read on SIGHUP).
     pub file: Option<PathBuf>,
 }
@@ -81,6 +84,7 @@ struct FileConfig {
     ignore: Option<Vec<String>>,
     dedupe: Option<bool>,
     log_format: Option<LogFormat>,
+    state_group: Option<String>,
     watch: Option<WatchTable>,
     metrics: Option<MetricsTable>,
 }
@@ -119,8 +123,12 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(
 
 /// Parses a humantime duration ("500ms", "5s", "1h 30m").
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use a form like \"500ms\" or \"5s\""))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!(
+            "invalid duration '{}' ({e}); use a form like 500ms or 5s",
+            crate::quote::bytes(s.as_bytes())
+        )
+    })
 }
 
 impl Config {
@@ -168,8 +176,8 @@ impl Config {
         };
         if !root.is_absolute() {
             return Err(cfg_err(format!(
-                "root: {:?} is not an absolute path",
-                root.display().to_string()
+                "root: {} is not an absolute path",
+                crate::quote::path(&root)
             )));
         }
         let hosts = if !ov.hosts.is_empty() {
@@ -179,13 +187,16 @@ impl Config {
         };
         if hosts.is_empty() {
             return Err(cfg_err(
-                "hosts: no hosts given (set `hosts` in the config file, or pass --host for run, sync, status and check, --hosts for prune and migrate)".into(),
+                "hosts: no hosts given (set `hosts` in the config file, or pass --host NAME for each)".into(),
             ));
         }
         for (i, h) in hosts.iter().enumerate() {
             validate_host(h)?;
             if hosts[..i].contains(h) {
-                return Err(cfg_err(format!("hosts: host {h:?} is listed twice")));
+                return Err(cfg_err(format!(
+                    "hosts: host '{}' is listed twice",
+                    crate::quote::bytes(h.as_bytes())
+                )));
             }
         }
         let state_dir = match (&ov.state_dir, &f.state_dir) {
@@ -195,8 +206,8 @@ impl Config {
         };
         if !state_dir.is_absolute() {
             return Err(cfg_err(format!(
-                "state_dir: {:?} is not an absolute path",
-                state_dir.display().to_string()
+                "state_dir: {} is not an absolute path",
+                crate::quote::path(&state_dir)
             )));
         }
         let ignore = f.ignore.unwrap_or_default();
@@ -220,6 +231,9 @@ impl Config {
             None => None,
             Some(m) => Some(metrics_of(m)?),
         };
+        if let Some(g) = &f.state_group {
+            group_id(g)?;
+        }
         Ok(Config {
             root,
             hosts,
@@ -230,6 +244,7 @@ impl Config {
             watch,
             log_format: ov.log_format.or(f.log_format).unwrap_or_default(),
             metrics,
+            state_group: f.state_group,
             file,
         })
     }
@@ -262,6 +277,21 @@ fn metrics_of(m: MetricsTable) -> Result<Metrics> {
     Ok(Metrics { path, interval })
 }
 
+/// The id of the group named by `state_group`.
+pub fn group_id(name: &str) -> Result<u32> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(Error::Config(format!(
+            "state_group: there is no group named '{}' (create it with groupadd, or remove the key)",
+            crate::quote::bytes(name.as_bytes())
+        ))),
+        Err(e) => Err(Error::Config(format!(
+            "state_group: cannot look up group '{}': {e}",
+            crate::quote::bytes(name.as_bytes())
+        ))),
+    }
+}
+
 fn parse_file(text: &str) -> std::result::Result<FileConfig, String> {
     toml::from_str::<FileConfig>(text).map_err(|e| e.to_string().trim_end().replace('\n', "\n  "))
 }
@@ -271,7 +301,8 @@ fn parse_file(text: &str) -> std::result::Result<FileConfig, String> {
 pub fn validate_host(h: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::Config(format!(
-            "hosts: invalid host name {h:?}: {why}"
+            "hosts: invalid host name '{}': {why}",
+            crate::quote::bytes(h.as_bytes())
         )))
     };
     if h.is_empty() {
@@ -421,6 +452,10 @@ interval = "10s"
             (
                 "root = \"/r\"\nhosts = [\"a\"]\n[metrics]\npath = \"/m.prom\"\nport = 9100\n",
                 "port",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\nstate_group = \"no-such-group-x\"\n",
+                "state_group",
             ),
             ("hosts = [\"a\"]\n", "root"),
             ("root = \"/r\"\n", "hosts"),

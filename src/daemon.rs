@@ -119,9 +119,10 @@ pub fn sync(cfg: &Config, adopt: bool) -> Result<SyncReport> {
     engine.sync_hosts()?;
     let young = engine.reconcile(SystemTime::now(), cfg.settle, true);
     engine.commit()?;
+    let young = crate::migrate::wait_for_young(&mut engine, young, cfg.settle, "sync")?;
     for y in &young {
-        tracing::info!(path = %quote::path(&engine.layout.hosts[y.host].path.join(&y.name)),
-            "not distributed yet: modified less than the settle time ago");
+        tracing::warn!(path = %quote::path(&engine.layout.hosts[y.host].path.join(&y.name)),
+            "not distributed: still being written after the wait");
     }
     Ok(SyncReport {
         counters: engine.counters,
@@ -135,7 +136,7 @@ pub fn sync(cfg: &Config, adopt: bool) -> Result<SyncReport> {
 pub fn forget_host(cfg: &Config, host: &str) -> Result<()> {
     if cfg.hosts.iter().any(|h| h == host) {
         return Err(Error::Usage(format!(
-            "host {host:?} is configured; remove it from `hosts` first (a configured host cannot be forgotten)"
+            "host '{host}' is configured; remove it from `hosts` first (a configured host cannot be forgotten)"
         )));
     }
     // The same checks as every command that writes the record: a state
@@ -145,8 +146,9 @@ pub fn forget_host(cfg: &Config, host: &str) -> Result<()> {
     if !store.hosts().contains(host) {
         let known: Vec<&str> = store.absent().keys().map(String::as_str).collect();
         return Err(Error::Usage(format!(
-            "the record in {} does not know host {host:?}; hosts it remembers outside the configuration: {}",
+            "the record in {} does not know host '{}'; hosts it remembers outside the configuration: {}",
             crate::quote::path(store.path()),
+            crate::quote::bytes(host.as_bytes()),
             if known.is_empty() {
                 "none".to_string()
             } else {
@@ -244,6 +246,11 @@ impl Signals {
 pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     let mut signals = Signals::install()?;
     let mut engine = open_engine(&cfg, false)?;
+    if let Some(group) = &cfg.state_group {
+        engine
+            .store
+            .share_with_group(crate::config::group_id(group)?)?;
+    }
     // Byte comparisons (which a client can make as slow as it likes) never
     // hold up the event loop.
     engine.compare_in_background().map_err(|e| Error::Io {

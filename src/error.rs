@@ -26,6 +26,10 @@ pub enum Error {
     State { path: PathBuf, message: String },
     #[error("{0}")]
     Refused(String),
+    /// A command that would do what was probably not meant (a prune that
+    /// empties a host without `--all`): nothing was done (exit 1).
+    #[error("{0}")]
+    HeldBack(String),
 }
 
 impl Error {

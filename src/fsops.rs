@@ -357,6 +357,55 @@ pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
+/// Opens the directory held as `dir` again, by its file handle, through
+/// the mount `via` is on (same filesystem): its `..` then climbs that
+/// mount's tree, not the tree of the mount `dir` was reached through (a
+/// bind mount of a subdirectory hides where it lies). Needs
+/// `CAP_DAC_READ_SEARCH` and a filesystem with file handles.
+pub fn reopen_through(dir: BorrowedFd<'_>, via: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    /// `struct file_handle` with room for `MAX_HANDLE_SZ` bytes.
+    #[repr(C)]
+    struct Handle {
+        bytes: libc::c_uint,
+        kind: libc::c_int,
+        f: [u8; 128],
+    }
+    let mut h = Handle {
+        bytes: 128,
+        kind: 0,
+        f: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: the name is a valid empty C string, `h` has the layout of a
+    // `struct file_handle` with `bytes` of room, `mount_id` is a valid
+    // out-pointer.
+    let rc = unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            (&mut h as *mut Handle).cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `h` was filled by name_to_handle_at.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            via.as_raw_fd(),
+            (&mut h as *mut Handle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new fd this process owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 /// Pins a directory entry with an `O_PATH` fd (no symlink following, no
 /// open side effects: fifos do not block, devices are not opened).
 pub fn open_path_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {

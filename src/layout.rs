@@ -18,11 +18,55 @@ pub struct HostDir {
     pub path: PathBuf,
     fd: OwnedFd,
     pub stat: FileStat,
+    /// Dry runs only: what the real run would have done to this dir first.
+    pub pretend: Pretend,
+}
+
+/// What a dry run takes a host dir to hold, so that it decides exactly as
+/// the real run will: the dir may not exist yet (the real run creates it
+/// empty: an empty scratch dir stands in for it), and `migrate --from`
+/// would first move files into it (they are read where they are now).
+#[derive(Debug, Default)]
+pub struct Pretend {
+    /// A scratch dir stands in for a host dir the real run creates.
+    pub stand_in: bool,
+    /// Files the real run moves in first: the dir they are in now, and
+    /// their names.
+    pub moved_in: Option<(OwnedFd, rustc_hash::FxHashSet<std::ffi::OsString>)>,
 }
 
 impl HostDir {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// The dir holding `name` for this host: the host dir itself, or in a
+    /// dry run the dir a file the real run moves in is in now.
+    pub fn at(&self, name: &OsStr) -> BorrowedFd<'_> {
+        match &self.pretend.moved_in {
+            Some((fd, names)) if names.contains(name) => fd.as_fd(),
+            _ => self.fd.as_fd(),
+        }
+    }
+
+    /// A dry run's stand-in for the missing dir of host `name` under
+    /// `root`: the empty directory `scratch`, taken to be on the root's
+    /// filesystem (nothing is linked in a dry run).
+    pub fn stand_in(name: &str, root: &Layout, scratch: &Path) -> Result<HostDir> {
+        let fd = fsops::open_dir_path(scratch).map_err(|e| Error::sys(scratch, e))?;
+        let mut stat = fsops::stat_fd(fd.as_fd()).map_err(|e| Error::sys(scratch, e))?;
+        stat.dev = root.root_stat.dev;
+        stat.mnt_id = root.root_stat.mnt_id;
+        Ok(HostDir {
+            name: name.to_string(),
+            path: root.root.join(name),
+            fd,
+            stat,
+            pretend: Pretend {
+                stand_in: true,
+                moved_in: None,
+            },
+        })
     }
 }
 
@@ -90,6 +134,68 @@ impl Layout {
         self.root_fd.as_fd()
     }
 
+    /// Whether the directory held open as `dir` is the root, a host dir,
+    /// or lies inside one of them, by identity (device and inode), however
+    /// it was spelled: walks `..` from `dir` up to `/`, comparing each
+    /// step with the root and every host dir of this layout (a bind mount
+    /// of a host dir is that dir). Says which, for a refusal.
+    pub fn holds_dir(&self, dir: BorrowedFd<'_>, path: &Path) -> Result<Option<String>> {
+        let ids: Vec<((u64, u64), String)> = std::iter::once((
+            (self.root_stat.dev, self.root_stat.ino),
+            format!("the root {}", quote::path(&self.root)),
+        ))
+        .chain(self.hosts.iter().map(|h| {
+            (
+                (h.stat.dev, h.stat.ino),
+                format!("the dir of host {} ({})", h.name, quote::path(&h.path)),
+            )
+        }))
+        .collect();
+        if let Some(what) = Self::walk_up(&ids, dir, path)? {
+            return Ok(Some(what));
+        }
+        // Through a bind mount of a directory inside the root, `..` leads
+        // out of the mount, never into the root: the same directory opened
+        // through the root's own mount is walked too.
+        let st = fsops::stat_fd(dir).map_err(|e| Error::sys(path, e))?;
+        if st.dev == self.root_stat.dev
+            && let Ok(again) = fsops::reopen_through(dir, self.root_fd())
+        {
+            return Self::walk_up(&ids, again.as_fd(), path);
+        }
+        Ok(None)
+    }
+
+    /// Walks `..` from `dir` up to `/`: what of `ids` it meets first.
+    fn walk_up(
+        ids: &[((u64, u64), String)],
+        dir: BorrowedFd<'_>,
+        path: &Path,
+    ) -> Result<Option<String>> {
+        let mut here = fsops::stat_fd(dir).map_err(|e| Error::sys(path, e))?;
+        let mut up: Option<OwnedFd> = None;
+        let mut first = true;
+        loop {
+            if let Some((_, what)) = ids.iter().find(|(id, _)| *id == (here.dev, here.ino)) {
+                return Ok(Some(if first {
+                    what.clone()
+                } else {
+                    format!("a directory inside {what}")
+                }));
+            }
+            let at = up.as_ref().map_or(dir, |f| f.as_fd());
+            let parent =
+                fsops::open_dir_at(at, OsStr::new("..")).map_err(|e| Error::sys(path, e))?;
+            let pst = fsops::stat_fd(parent.as_fd()).map_err(|e| Error::sys(path, e))?;
+            if (pst.dev, pst.ino) == (here.dev, here.ino) {
+                return Ok(None);
+            }
+            here = pst;
+            up = Some(parent);
+            first = false;
+        }
+    }
+
     /// Opens (creating if missing) the dir of host `name`, never following a
     /// symlink planted at its place.
     pub fn open_host(&self, name: &str) -> Result<(HostDir, Opened)> {
@@ -99,7 +205,7 @@ impl Layout {
         match fsops::stat_at(self.root_fd(), os) {
             Ok(st) if st.mode & libc::S_IFMT == libc::S_IFLNK => {
                 return Err(Error::Refused(format!(
-                    "host dir {} is a symlink; refusing to follow it (host {name:?})",
+                    "host dir {} is a symlink; refusing to follow it (host {name})",
                     quote::path(&path)
                 )));
             }
@@ -115,11 +221,11 @@ impl Layout {
         }
         let fd = fsops::open_dir_at(self.root_fd(), os).map_err(|e| match e {
             Errno::ELOOP => Error::Refused(format!(
-                "host dir {} is a symlink; refusing to follow it (host {name:?})",
+                "host dir {} is a symlink; refusing to follow it (host {name})",
                 quote::path(&path)
             )),
             Errno::ENOTDIR => Error::Refused(format!(
-                "host dir {} is not a directory (host {name:?})",
+                "host dir {} is not a directory (host {name})",
                 quote::path(&path)
             )),
             e => Error::sys(&path, e),
@@ -137,6 +243,7 @@ impl Layout {
                 path,
                 fd,
                 stat,
+                pretend: Pretend::default(),
             },
             opened,
         ))
@@ -192,6 +299,9 @@ impl Layout {
     /// Whether `<root>/<host>` still is the directory we hold open.
     pub fn host_is_current(&self, i: usize) -> bool {
         let h = &self.hosts[i];
+        if h.pretend.stand_in {
+            return true;
+        }
         match fsops::stat_at(self.root_fd(), OsStr::new(&h.name)) {
             Ok(st) => st.is_dir() && st.ino == h.stat.ino && st.dev == h.stat.dev,
             Err(_) => false,
@@ -274,12 +384,12 @@ impl Layout {
             let path = root.join(h);
             match fsops::stat_at(layout.root_fd(), OsStr::new(h)) {
                 Err(Errno::ENOENT) => problems.push(format!(
-                    "host dir {} is missing (host {h:?})",
+                    "host dir {} is missing (host {h})",
                     quote::path(&path)
                 )),
                 Err(e) => problems.push(format!("host dir {}: {e}", quote::path(&path))),
                 Ok(st) if !st.is_dir() => problems.push(format!(
-                    "host dir {} is a {}, not a directory (host {h:?})",
+                    "host dir {} is a {}, not a directory (host {h})",
                     quote::path(&path),
                     st.kind()
                 )),
@@ -290,6 +400,7 @@ impl Layout {
                             path,
                             fd,
                             stat,
+                            pretend: Pretend::default(),
                         }),
                         Err(e) => problems.push(format!("host dir {}: {e}", quote::path(&path))),
                     },

@@ -21,11 +21,22 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the daemon: reconcile, then follow every host dir until SIGTERM.
-    Run(Common),
-    /// One reconcile pass over all hosts, then exit.
+    Run {
+        #[command(flatten)]
+        src: Source,
+        #[command(flatten)]
+        tuning: Tuning,
+        /// Scan every INTERVAL instead of using inotify (e.g. "30s").
+        #[arg(long, value_name = "INTERVAL", value_parser = duration)]
+        poll: Option<Duration>,
+    },
+    /// One reconcile pass over all hosts, then exit (1 when something was
+    /// left undone).
     Sync {
         #[command(flatten)]
-        common: Common,
+        src: Source,
+        #[command(flatten)]
+        tuning: Tuning,
         /// Take every file now in the host dirs as already distributed
         /// (writes the record, links nothing).
         #[arg(long)]
@@ -34,27 +45,38 @@ enum Cmd {
     /// Remove files from one host's dir on the server (offline or retired
     /// hosts, age policies), reporting what is really freed.
     Prune {
-        #[command(flatten)]
-        common: Single,
         /// The host whose dir is pruned.
-        #[arg(long = "host", value_name = "NAME", id = "prune_host")]
+        #[arg(value_name = "HOST")]
         target: String,
-        /// Keep only the names listed in FILE (- for stdin): one name per
-        /// line, nothing trimmed; a line starting with # is a comment;
-        /// escapes \\ \n \t \r \xHH \u{HHHH}, and \# for a name that
-        /// starts with # (names print in this form, so they can be pasted).
-        #[arg(long, value_name = "FILE", conflicts_with = "keep_list0")]
+        #[command(flatten)]
+        src: Source,
+        /// Keep the names listed in FILE (- for stdin): one name per line,
+        /// nothing trimmed; a # at the start or after a blank starts a
+        /// comment; escapes \\ \n \t \r \xHH \u{HHHH} \# and \ (space),
+        /// the form distlink prints names in.
+        #[arg(long, value_name = "FILE")]
         keep_list: Option<PathBuf>,
-        /// Like --keep-list, but FILE holds NUL-separated names taken as
-        /// they are (e.g. from find DIR -maxdepth 1 -type f -printf '%f\0').
+        /// Keep the names in FILE, NUL-separated and taken as they are
+        /// (e.g. from find DIR -maxdepth 1 -type f -printf '%f\0').
         #[arg(long, value_name = "FILE")]
         keep_list0: Option<PathBuf>,
-        /// Remove files whose mtime is older than DURATION (e.g. 180d).
-        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        /// Keep the file name of every URL in FILE: what
+        /// `emerge --pretend --fetchonly --emptytree @world` prints on the
+        /// host (other words are ignored).
+        #[arg(long, value_name = "FILE")]
+        keep_urls: Option<PathBuf>,
+        /// Remove files whose mtime is older than AGE: a number and a unit
+        /// as in eclean-dist's --time-limit: h, d, w, m (months of 30
+        /// days), y (years of 365 days); e.g. 180d, 6m.
+        #[arg(long, value_name = "AGE", value_parser = prune::parse_age)]
         older_than: Option<Duration>,
-        /// Remove every file (retire the host).
+        /// Remove every file (retire the host); with other criteria, lets
+        /// them take every file.
         #[arg(long)]
         all: bool,
+        /// Prune even when the keep lists name none of the host's files.
+        #[arg(long)]
+        force: bool,
         /// Remove nothing; report what would be removed.
         #[arg(long, visible_alias = "pretend")]
         dry_run: bool,
@@ -62,16 +84,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// One-time move to the per-host layout: link every file into every host.
+    /// One-time move to the per-host layout: link every file into every
+    /// host, waiting for files just copied in to settle (1 when one was
+    /// still being written).
     Migrate {
         #[command(flatten)]
-        common: Single,
-        /// A flat DISTDIR whose files move into --host's dir first.
-        #[arg(long, value_name = "DIR")]
+        src: Source,
+        #[command(flatten)]
+        tuning: Tuning,
+        /// A flat DISTDIR whose files move into the dir of the --into host
+        /// first.
+        #[arg(long, value_name = "DIR", requires = "into")]
         from: Option<PathBuf>,
         /// The host the --from files belong to.
-        #[arg(long = "host", value_name = "NAME", id = "migrate_host")]
-        target: Option<String>,
+        #[arg(long, value_name = "HOST", requires = "from")]
+        into: Option<String>,
         /// With --from on another filesystem: copy, fsync, verify, then remove.
         #[arg(long)]
         copy: bool,
@@ -85,7 +112,7 @@ enum Cmd {
     /// Per-host files, sizes and savings; conflicts; whether the daemon runs.
     Status {
         #[command(flatten)]
-        common: Common,
+        src: Source,
         /// Print as one JSON object.
         #[arg(long, conflicts_with = "prometheus")]
         json: bool,
@@ -97,7 +124,11 @@ enum Cmd {
     /// Exit 0 when every host is consistent, 1 with one line per problem.
     Check {
         #[command(flatten)]
-        common: Common,
+        src: Source,
+        /// A daemon is expected: one that does not run is a problem (one
+        /// that was killed or crashed always is).
+        #[arg(long)]
+        daemon: bool,
         /// Print the problems as one JSON object.
         #[arg(long)]
         json: bool,
@@ -107,11 +138,11 @@ enum Cmd {
     /// record remembers it, so that a host dropped from the configuration by
     /// mistake keeps its prunes when it comes back.)
     Forget {
-        #[command(flatten)]
-        common: Common,
         /// The host to forget (must not be configured).
         #[arg(value_name = "HOST")]
         host: String,
+        #[command(flatten)]
+        src: Source,
     },
     /// Print a shell completion script.
     Completions {
@@ -126,25 +157,7 @@ enum Cmd {
     },
 }
 
-#[derive(Args, Debug)]
-struct Common {
-    #[command(flatten)]
-    src: Source,
-    /// A host (repeat for each); replaces the config file's list.
-    #[arg(long = "host", value_name = "NAME")]
-    hosts: Vec<String>,
-}
-
-/// For commands whose `--host` names the one host they act on.
-#[derive(Args, Debug)]
-struct Single {
-    #[command(flatten)]
-    src: Source,
-    /// All hosts, comma-separated; replaces the config file's list.
-    #[arg(long = "hosts", value_name = "NAME,...", value_delimiter = ',')]
-    hosts: Vec<String>,
-}
-
+/// Where everything is: every command takes these, for the same thing.
 #[derive(Args, Debug)]
 struct Source {
     /// Configuration file (default: /etc/distlink.toml when it exists).
@@ -153,15 +166,21 @@ struct Source {
     /// Directory holding one directory per host.
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// Where the record lives (default: ROOT/.distlink).
+    /// A host (repeat for each); replaces the config file's list.
+    #[arg(long = "host", value_name = "NAME")]
+    hosts: Vec<String>,
+    /// Where the record lives (default: /var/lib/distlink).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+}
+
+/// How the work is done: for the commands that distribute files (run,
+/// sync, migrate).
+#[derive(Args, Debug)]
+struct Tuning {
     /// How long a file written in place must stay unchanged, e.g. "5s".
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     settle: Option<Duration>,
-    /// Scan every INTERVAL instead of using inotify (e.g. "30s").
-    #[arg(long, value_name = "INTERVAL", value_parser = duration)]
-    poll: Option<Duration>,
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<LogFmt>,
@@ -178,15 +197,17 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Source {
-    fn overrides(&self, hosts: &[String]) -> Overrides {
+    /// The overrides of these options, and of `tuning` and `poll` where
+    /// the command takes them.
+    fn overrides(&self, tuning: Option<&Tuning>, poll: Option<Duration>) -> Overrides {
         Overrides {
             config: self.config.clone(),
             root: self.root.clone(),
-            hosts: hosts.to_vec(),
+            hosts: self.hosts.clone(),
             state_dir: self.state_dir.clone(),
-            settle: self.settle,
-            poll: self.poll,
-            log_format: self.log_format.map(|f| match f {
+            settle: tuning.and_then(|t| t.settle),
+            poll,
+            log_format: tuning.and_then(|t| t.log_format).map(|f| match f {
                 LogFmt::Text => LogFormat::Text,
                 LogFmt::Json => LogFormat::Json,
             }),
@@ -231,8 +252,7 @@ fn show<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> Str
     }
 }
 
-fn load(src: &Source, hosts: &[String]) -> Result<(Config, Overrides), ExitCode> {
-    let ov = src.overrides(hosts);
+fn load(ov: Overrides) -> Result<(Config, Overrides), ExitCode> {
     match Config::load(&ov) {
         Ok(c) => {
             init_logging(c.log_format);
@@ -272,30 +292,30 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 Err(e) => fail(&e),
             },
         },
-        Cmd::Run(common) => {
-            let (cfg, ov) = load(&common.src, &common.hosts)?;
+        Cmd::Run { src, tuning, poll } => {
+            let (cfg, ov) = load(src.overrides(Some(&tuning), poll))?;
             match daemon::run(cfg, ov) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
         }
-        Cmd::Forget { common, host } => {
-            let (cfg, _) = load(&common.src, &common.hosts)?;
+        Cmd::Forget { src, host } => {
+            let (cfg, _) = load(src.overrides(None, None))?;
             match daemon::forget_host(&cfg, &host) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
         }
-        Cmd::Sync { common, adopt } => {
-            let (cfg, _) = load(&common.src, &common.hosts)?;
+        Cmd::Sync { src, tuning, adopt } => {
+            let (cfg, _) = load(src.overrides(Some(&tuning), None))?;
             match daemon::sync(&cfg, adopt) {
                 Ok(r) => {
                     let c = r.counters;
                     eprintln!(
-                        "distlink sync: {} linked, {} merged, {} new conflicts, {} failed, {} not yet settled",
+                        "distlink sync: {} linked, {} merged, {} new conflicts, {} failed, {} still being written",
                         c.linked, c.merged, c.conflicts, c.failed, r.young
                     );
-                    if c.failed > 0 || r.owed {
+                    if c.failed > 0 || r.owed || r.young > 0 {
                         ExitCode::from(1)
                     } else {
                         ExitCode::SUCCESS
@@ -305,21 +325,32 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             }
         }
         Cmd::Prune {
-            common,
+            src,
             target,
             keep_list,
             keep_list0,
+            keep_urls,
             older_than,
             all,
+            force,
             dry_run,
             json,
         } => {
-            let (cfg, _) = load(&common.src, &common.hosts)?;
+            let (cfg, _) = load(src.overrides(None, None))?;
+            use prune::{KeepForm, KeepList};
+            let keep = [
+                (keep_list, KeepForm::Lines),
+                (keep_list0, KeepForm::Nul),
+                (keep_urls, KeepForm::Urls),
+            ];
             let sel = prune::Selection {
-                keep_nul: keep_list0.is_some(),
-                keep_list: keep_list.or(keep_list0),
+                keep: keep
+                    .into_iter()
+                    .filter_map(|(p, form)| p.map(|path| KeepList { path, form }))
+                    .collect(),
                 older_than,
                 all,
+                force,
             };
             match prune::prune(&cfg, &target, &sel, dry_run) {
                 Ok(r) => {
@@ -334,17 +365,18 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             }
         }
         Cmd::Migrate {
-            common,
+            src,
+            tuning,
             from,
-            target,
+            into,
             copy,
             dry_run,
             json,
         } => {
-            let (cfg, _) = load(&common.src, &common.hosts)?;
+            let (cfg, _) = load(src.overrides(Some(&tuning), None))?;
             let opts = migrate::MigrateOpts {
                 from,
-                host: target,
+                host: into,
                 copy,
                 dry_run,
             };
@@ -352,7 +384,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 Ok(r) => {
                     show(json, &r, migrate::render);
                     let import_errors = r.imported.as_ref().is_some_and(|i| !i.errors.is_empty());
-                    if r.failed > 0 || import_errors {
+                    if r.failed > 0 || import_errors || !r.not_settled.is_empty() {
                         ExitCode::from(1)
                     } else {
                         ExitCode::SUCCESS
@@ -362,11 +394,11 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             }
         }
         Cmd::Status {
-            common,
+            src,
             json,
             prometheus,
         } => {
-            let (cfg, _) = load(&common.src, &common.hosts)?;
+            let (cfg, _) = load(src.overrides(None, None))?;
             match status::gather(&cfg) {
                 Ok(s) if prometheus => {
                     print!("{}", metrics::render(&s, &s.stats, s.daemon_pid.is_some()));
@@ -379,11 +411,11 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 Err(e) => fail(&e),
             }
         }
-        Cmd::Check { common, json } => {
-            let (cfg, _) = load(&common.src, &common.hosts)?;
+        Cmd::Check { src, daemon, json } => {
+            let (cfg, _) = load(src.overrides(None, None))?;
             match status::gather(&cfg) {
                 Ok(s) => {
-                    let problems = s.problems();
+                    let problems = s.problems(daemon);
                     if json {
                         print_json(
                             &serde_json::json!({ "ok": problems.is_empty(), "problems": problems }),

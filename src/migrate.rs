@@ -43,6 +43,24 @@ pub struct MigrateReport {
     pub failed: u64,
 }
 
+/// A dry run's scratch dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Result<Scratch> {
+        let template = std::env::temp_dir().join(format!("distlink-dry-run-{what}-XXXXXX"));
+        nix::unistd::mkdtemp(&template)
+            .map(Scratch)
+            .map_err(|e| Error::sys(&template, e))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
@@ -61,13 +79,14 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
     let host = match (&opts.from, &opts.host) {
         (Some(_), None) => {
             return Err(Error::Usage(
-                "--from needs --host NAME: the host the files belong to".into(),
+                "--from needs --into HOST: the host the files belong to".into(),
             ));
         }
-        (None, Some(_)) => return Err(Error::Usage("--host goes with --from DIR".into())),
+        (None, Some(_)) => return Err(Error::Usage("--into goes with --from DIR".into())),
         (_, Some(h)) if !cfg.hosts.contains(h) => {
             return Err(Error::Usage(format!(
-                "--host: unknown host {h:?}; known hosts: {}",
+                "unknown host '{}'; known hosts: {}",
+                quote::bytes(h.as_bytes()),
                 cfg.hosts.join(", ")
             )));
         }
@@ -81,9 +100,13 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         ..MigrateReport::default()
     };
     let filter = NameFilter::new(&cfg.ignore)?;
+    if let Some(from) = &opts.from {
+        // Before anything is created (the record, a host dir).
+        refuse_from_inside(from, &Layout::open_existing(&cfg.root, &cfg.hosts)?.0)?;
+    }
 
     // With the daemon running, only the move is ours to do.
-    if let Some(pid) = state::lock_holder(&cfg.state_dir) {
+    if let Some(pid) = state::lock_holder(&cfg.state_dir)? {
         let Some(from) = &opts.from else {
             return Err(Error::Refused(format!(
                 "distlink (pid {pid}) holds the state lock {}; it already distributes every new \
@@ -101,46 +124,60 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         return Ok(report);
     }
 
+    // A dry run must not create a record, nor a host dir: it works on a
+    // scratch copy of the record, and empty scratch dirs stand in for the
+    // host dirs the real run creates. (Fresh, unpredictable root-only
+    // dirs: nobody can plant anything in them beforehand.)
+    let scratch = match opts.dry_run {
+        true => Some((Scratch::new("record")?, Scratch::new("hosts")?)),
+        false => None,
+    };
     // The record (checked to describe this root) is opened before any
-    // host dir is created; a dry run creates nothing.
-    let (layout, mut store) = if opts.dry_run {
-        let (l, problems) = Layout::open_existing(&cfg.root, &cfg.hosts)?;
-        for p in problems {
-            tracing::warn!("{p}");
+    // host dir is created.
+    let (mut layout, store) = match &scratch {
+        Some((record, stand_ins)) => {
+            let mut l = Layout::open_root(&cfg.root)?;
+            for h in &cfg.hosts {
+                let dir = match crate::fsops::stat_at(l.root_fd(), std::ffi::OsStr::new(h)) {
+                    Err(nix::errno::Errno::ENOENT) => {
+                        let path = stand_ins.0.join(h);
+                        std::fs::create_dir(&path).map_err(|e| Error::Io {
+                            path: path.clone(),
+                            source: e,
+                        })?;
+                        crate::layout::HostDir::stand_in(h, &l, &path)?
+                    }
+                    _ => l.open_host(h)?.0,
+                };
+                l.hosts.push(dir);
+            }
+            l.check_same_fs()?;
+            state::copy_record(&cfg.state_dir, &record.0)?;
+            // Refused as the real run would be (a record of another root).
+            let s = Store::open_for_root(&record.0, &cfg.root, l.root_fd(), false)?;
+            (l, s)
         }
-        (l, None)
-    } else {
-        let mut l = Layout::open_root(&cfg.root)?;
-        let s = Store::open_for_root(&cfg.state_dir, &cfg.root, l.root_fd(), false)?;
-        l.open_hosts(&cfg.hosts)?;
-        (l, Some(s))
+        None => {
+            let mut l = Layout::open_root(&cfg.root)?;
+            let s = Store::open_for_root(&cfg.state_dir, &cfg.root, l.root_fd(), false)?;
+            l.open_hosts(&cfg.hosts)?;
+            (l, s)
+        }
     };
     if let Some(from) = &opts.from {
         let idx = host
             .as_deref()
             .and_then(|h| layout.index_of(h))
-            .ok_or_else(|| Error::Refused(format!("host dir of {host:?} is missing")))?;
-        report.imported = Some(import(from, &layout, idx, &filter, opts)?);
+            .ok_or_else(|| Error::Usage("--from needs --into HOST".into()))?;
+        let imported = import(from, &layout, idx, &filter, opts)?;
+        if opts.dry_run {
+            // The engine sees the files the real run would have moved in.
+            let fd = crate::fsops::open_dir_path(from).map_err(|e| Error::sys(from, e))?;
+            let names = imported.names_in.iter().cloned().collect();
+            layout.hosts[idx].pretend.moved_in = Some((fd, names));
+        }
+        report.imported = Some(imported);
     }
-    // A dry run must not create a record: it works on a scratch copy.
-    // (A fresh, unpredictable root-only dir: nobody can plant anything
-    // in it beforehand.)
-    let scratch = match opts.dry_run {
-        true => {
-            let template = std::env::temp_dir().join("distlink-dry-run-XXXXXX");
-            let dir = nix::unistd::mkdtemp(&template).map_err(|e| Error::sys(&template, e))?;
-            Some(dir)
-        }
-        false => None,
-    };
-    let store = match (store.take(), &scratch) {
-        (Some(s), _) => s,
-        (None, Some(dir)) => {
-            state::copy_record(&cfg.state_dir, dir)?;
-            Store::open(dir)?
-        }
-        (None, None) => Store::open(&cfg.state_dir)?,
-    };
     let mut store = store;
     crate::identity::upgrade_record(&layout, &mut store);
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
@@ -164,9 +201,8 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         pb.finish_and_clear();
         y
     };
-    if let Some(dir) = scratch {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    let young = wait_for_young(&mut engine, young, cfg.settle, "migrate")?;
+    drop(scratch);
     report.linked = engine.counters.linked;
     report.deduplicated = engine.counters.merged;
     report.bytes_reclaimed = engine.counters.reclaimed;
@@ -183,6 +219,75 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         .map(|y| quote::path(&engine.layout.hosts[y.host].path.join(&y.name)).to_string())
         .collect();
     Ok(report)
+}
+
+/// Refuses a `--from` that is the root, a host dir, or inside one of them
+/// (by identity, not path text): its files already belong to a host, and
+/// moving them would empty that host and record its names as pruned there.
+fn refuse_from_inside(from: &std::path::Path, layout: &Layout) -> Result<()> {
+    let fd = crate::fsops::open_dir_path(from)
+        .map_err(|e| Error::Usage(format!("--from {}: {e}", quote::path(from))))?;
+    match layout.holds_dir(std::os::fd::AsFd::as_fd(&fd), from)? {
+        None => Ok(()),
+        Some(what) => Err(Error::Refused(format!(
+            "--from {} is {what} (compared by identity, not by path): its files already belong \
+             to a host. --from takes a flat DISTDIR outside the root; to migrate one that is the \
+             root itself, move it aside first (mv ROOT ROOT.old, mkdir ROOT) and give that",
+            quote::path(from)
+        ))),
+    }
+}
+
+/// Waits (in the engine: [`Engine::settle_young`]) for the files a scan
+/// found written less than the settle time ago, the usual state of files
+/// just copied in, instead of leaving them for another run; says so on
+/// stderr, with a progress bar on a terminal. Returns those still being
+/// written when the wait ends.
+pub fn wait_for_young(
+    engine: &mut Engine,
+    young: Vec<engine::Young>,
+    settle: std::time::Duration,
+    what: &str,
+) -> Result<Vec<engine::Young>> {
+    if young.is_empty() {
+        return Ok(young);
+    }
+    let limit = Engine::settle_limit(settle);
+    // SIGINT/SIGTERM end the wait: what was done is recorded, the rest
+    // is reported (and a later run finishes it).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    engine.stop_on(stop);
+    eprintln!(
+        "distlink {what}: {} names were written less than {} ago (just copied in?); waiting up \
+         to {} for them to settle",
+        young.len(),
+        humantime::format_duration(settle),
+        humantime::format_duration(limit)
+    );
+    let pb = if std::io::stderr().is_terminal() {
+        let pb = ProgressBar::with_draw_target(
+            Some(limit.as_secs().max(1)),
+            ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) =
+            ProgressStyle::with_template("settling [{bar:30}] {msg}, at most {eta} more")
+        {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut waiting = |n: usize, left: std::time::Duration| {
+        pb.set_position(limit.saturating_sub(left).as_secs());
+        pb.set_message(format!("{n} files still young"));
+    };
+    let left = engine.settle_young(young, settle, limit, &mut waiting)?;
+    pb.finish_and_clear();
+    Ok(left)
 }
 
 fn import(
@@ -234,7 +339,8 @@ pub fn render(r: &MigrateReport) -> String {
         o.push_str("the running daemon distributes the moved files\n");
         return o;
     }
-    if r.record_existed {
+    let did = r.linked + r.deduplicated + r.failed > 0 || !r.not_settled.is_empty();
+    if r.record_existed && did {
         o.push_str(
             "a record exists: only new files were distributed; names pruned earlier stay pruned\n",
         );
@@ -243,7 +349,10 @@ pub fn render(r: &MigrateReport) -> String {
         o.push_str(&format!("conflict: {c}\n"));
     }
     for y in &r.not_settled {
-        o.push_str(&format!("not settled yet (run migrate again later): {y}\n"));
+        o.push_str(&format!(
+            "still being written after the wait, not distributed (run migrate again once it is \
+             complete): {y}\n"
+        ));
     }
     o.push_str(&format!(
         "{w}linked {}, {w}deduplicated {}, conflicts {}, failed {}, {} reclaimed\n",

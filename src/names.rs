@@ -23,8 +23,12 @@ impl NameFilter {
     pub fn new(patterns: &[String]) -> Result<NameFilter> {
         let mut b = GlobSetBuilder::new();
         for p in patterns {
-            let g = Glob::new(p)
-                .map_err(|e| Error::Config(format!("ignore: bad glob pattern {p:?}: {e}")))?;
+            let g = Glob::new(p).map_err(|e| {
+                Error::Config(format!(
+                    "ignore: bad glob pattern '{}': {e}",
+                    crate::quote::bytes(p.as_bytes())
+                ))
+            })?;
             b.add(g);
         }
         let extra = b

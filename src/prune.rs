@@ -1,4 +1,4 @@
-//! `distlink prune --host NAME`: server-side pruning of one host's dir, for
+//! `distlink prune HOST`: server-side pruning of one host's dir, for
 //! hosts that are offline or retired, age policies, and honest accounting
 //! of what is freed. Only candidates are touched; the running daemon treats
 //! the removals like any client prune (final, never undone).
@@ -23,16 +23,43 @@ use crate::quote;
 /// when every one given selects it.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    /// Names to keep (from `--keep-list` or `--keep-list0`); everything
-    /// else is selected.
-    pub keep_list: Option<PathBuf>,
-    /// The keep list is NUL-separated raw names (`--keep-list0`), not one
-    /// escaped name per line.
-    pub keep_nul: bool,
+    /// Lists of names to keep (their union); everything else is selected.
+    pub keep: Vec<KeepList>,
     /// Files whose mtime is older than this.
     pub older_than: Option<Duration>,
-    /// Everything (retire a host).
+    /// Everything may go (retire a host): without it, a selection that
+    /// takes every file of the host is held back.
     pub all: bool,
+    /// Prune even when the keep lists name none of the host's files.
+    pub force: bool,
+}
+
+/// A file of names to keep (`-` is standard input).
+#[derive(Debug, Clone)]
+pub struct KeepList {
+    pub path: PathBuf,
+    pub form: KeepForm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepForm {
+    /// One escaped name per line (`--keep-list`), see [`parse_keep_lines`].
+    Lines,
+    /// NUL-separated raw names (`--keep-list0`), see [`parse_keep_nul`].
+    Nul,
+    /// What `emerge --pretend --fetchonly` prints (`--keep-urls`): each
+    /// URL's file name, see [`parse_keep_urls`].
+    Urls,
+}
+
+impl KeepForm {
+    pub fn flag(self) -> &'static str {
+        match self {
+            KeepForm::Lines => "--keep-list",
+            KeepForm::Nul => "--keep-list0",
+            KeepForm::Urls => "--keep-urls",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,12 +82,11 @@ pub struct PruneReport {
     pub errors: Vec<String>,
 }
 
-/// Reads a keep list (`-` is standard input). One name per line in the
-/// escaped form ([`parse_keep_lines`]), or with `nul` NUL-separated raw
-/// names ([`parse_keep_nul`]). A list that cannot be read exactly is an
-/// error naming the file (and the line): a misread name would be removed.
-pub fn read_keep_list(path: &std::path::Path, nul: bool) -> Result<HashSet<OsString>> {
-    let flag = if nul { "--keep-list0" } else { "--keep-list" };
+/// Reads a keep list (`-` is standard input). A list that cannot be read
+/// exactly is an error naming the file (and the line): a misread name
+/// would be removed.
+pub fn read_keep_list(list: &KeepList) -> Result<HashSet<OsString>> {
+    let (path, flag) = (&list.path, list.form.flag());
     let mut bytes = Vec::new();
     let res = if path.as_os_str() == "-" {
         std::io::stdin().read_to_end(&mut bytes).map(|_| ())
@@ -68,43 +94,93 @@ pub fn read_keep_list(path: &std::path::Path, nul: bool) -> Result<HashSet<OsStr
         std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes).map(|_| ()))
     };
     res.map_err(|e| Error::Usage(format!("{flag} {}: {e}", quote::path(path))))?;
-    let parsed = if nul {
-        parse_keep_nul(&bytes)
-    } else {
-        parse_keep_lines(&bytes)
+    let parsed = match list.form {
+        KeepForm::Lines => parse_keep_lines(&bytes),
+        KeepForm::Nul => parse_keep_nul(&bytes),
+        KeepForm::Urls => parse_keep_urls(&bytes),
     };
     parsed.map_err(|e| Error::Usage(format!("{flag} {}: {e}", quote::path(path))))
+}
+
+/// Parses an age as eclean-dist's `--time-limit` does: a number and one
+/// unit, `h` hours, `d` days, `w` weeks, `m` months (30 days), `y` years
+/// (365 days) — so `6m` is six months, as eclean-dist users read it.
+/// Anything else is refused with the units spelled out, and so is a zero
+/// age (it selects every file: that is `--all`).
+pub fn parse_age(s: &str) -> std::result::Result<Duration, String> {
+    const UNITS: &str =
+        "h (hours), d (days), w (weeks), m (months of 30 days) or y (years of 365 days)";
+    let bad = || {
+        format!(
+            "invalid age '{}': write a whole number and one unit, as eclean-dist's --time-limit: \
+             {UNITS}; e.g. 180d or 6m",
+            quote::bytes(s.as_bytes())
+        )
+    };
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let secs: u64 = match unit {
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "m" => 30 * 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(bad()),
+    };
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(format!(
+            "age '{s}' selects every file; use --all to remove every file of a host"
+        ));
+    }
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
 }
 
 pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result<PruneReport> {
     if !cfg.hosts.iter().any(|h| h == host) {
         return Err(Error::Usage(format!(
-            "--host: unknown host {host:?}; known hosts: {}",
+            "unknown host '{}'; known hosts: {}",
+            quote::bytes(host.as_bytes()),
             cfg.hosts.join(", ")
         )));
     }
-    if sel.keep_list.is_none() && sel.older_than.is_none() && !sel.all {
+    if sel.keep.is_empty() && sel.older_than.is_none() && !sel.all {
         return Err(Error::Usage(
-            "prune needs a selection: --keep-list FILE, --keep-list0 FILE, --older-than DURATION or --all".into(),
+            "prune needs a selection: --keep-list FILE, --keep-list0 FILE, --keep-urls FILE, --older-than AGE or --all".into(),
         ));
     }
-    let keep = match &sel.keep_list {
-        Some(p) => {
-            let k = read_keep_list(p, sel.keep_nul)?;
-            if k.is_empty() && !sel.all {
-                let flag = if sel.keep_nul {
-                    "--keep-list0"
-                } else {
-                    "--keep-list"
-                };
-                return Err(Error::Usage(format!(
-                    "{flag} {} names no file, which would remove everything; use --all to empty a host",
-                    quote::path(p)
-                )));
-            }
-            Some(k)
+    if sel
+        .keep
+        .iter()
+        .filter(|k| k.path.as_os_str() == "-")
+        .count()
+        > 1
+    {
+        return Err(Error::Usage(
+            "only one keep list can be read from standard input (-)".into(),
+        ));
+    }
+    let keep = if sel.keep.is_empty() {
+        None
+    } else {
+        let mut all = HashSet::new();
+        for k in &sel.keep {
+            all.extend(read_keep_list(k)?);
         }
-        None => None,
+        if all.is_empty() && !sel.all {
+            let lists: Vec<String> = sel
+                .keep
+                .iter()
+                .map(|k| format!("{} {}", k.form.flag(), quote::path(&k.path)))
+                .collect();
+            return Err(Error::Usage(format!(
+                "{} names no file, which would remove everything; use --all to empty a host",
+                lists.join(" and ")
+            )));
+        }
+        Some(all)
     };
     let (layout, problems) = Layout::open_existing(&cfg.root, &[host.to_string()])?;
     let Some(dir) = layout.hosts.first() else {
@@ -125,14 +201,25 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
         removed: Vec::new(),
         errors: Vec::new(),
     };
-    for (name, st) in files {
-        let by_keep = keep.as_ref().is_none_or(|k| !k.contains(&name));
-        let by_age = sel
-            .older_than
-            .is_none_or(|d| engine::old_enough(&st, now, d));
-        if !(by_keep && by_age) {
-            continue;
-        }
+    let selected: Vec<_> = files
+        .iter()
+        .filter(|(name, st)| {
+            keep.as_ref().is_none_or(|k| !k.contains(name))
+                && sel
+                    .older_than
+                    .is_none_or(|d| engine::old_enough(st, now, d))
+        })
+        .collect();
+    hold_back(
+        host,
+        sel,
+        keep.as_ref(),
+        files.len(),
+        selected.len(),
+        &files,
+    )?;
+    for (name, st) in selected {
+        let (name, st) = (name.clone(), *st);
         match engine::remove_candidate(dir.fd(), &dir.path, &name, &st, dry_run) {
             Ok(freed) => {
                 report.files_removed += 1;
@@ -154,6 +241,48 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
         }
     }
     Ok(report)
+}
+
+/// The two guards against a selection that was probably not meant; both
+/// hold back the whole prune (dry run alike) before anything is removed:
+/// keep lists naming none of the host's files (a list for another host,
+/// URLs given as names, a stale list) need `--force`; a selection taking
+/// every file of the host needs `--all`.
+fn hold_back(
+    host: &str,
+    sel: &Selection,
+    keep: Option<&HashSet<OsString>>,
+    files: usize,
+    selected: usize,
+    listed: &[(OsString, crate::fsops::FileStat)],
+) -> Result<()> {
+    if files == 0 {
+        return Ok(());
+    }
+    let everything = selected == files;
+    if let Some(k) = keep
+        && !sel.force
+        && !sel.all
+        && !listed.iter().any(|(n, _)| k.contains(n))
+    {
+        let fix = if everything {
+            "if it is right and the host should be emptied, add --all"
+        } else {
+            "if it is right, add --force"
+        };
+        return Err(Error::HeldBack(format!(
+            "nothing removed: the keep list names {} files, none of them among the {files} files \
+             of host {host} (a list for another host? URLs, which go to --keep-urls?); {fix}",
+            k.len()
+        )));
+    }
+    if everything && !sel.all {
+        return Err(Error::HeldBack(format!(
+            "nothing removed: the selection takes every file of host {host} ({files}); add --all \
+             if the host should be emptied"
+        )));
+    }
+    Ok(())
 }
 
 pub fn render(r: &PruneReport) -> String {
@@ -185,28 +314,42 @@ pub fn render(r: &PruneReport) -> String {
 
 /// Parses a keep list written one name per line. Nothing is trimmed: a
 /// line is the name, byte for byte, except that
-/// - a line whose first byte is `#` is a comment, and an empty line is
-///   skipped;
+/// - a `#` at the start of a line or after a blank (space or tab) that is
+///   not escaped starts a comment, which ends the line; the blanks before
+///   it go with it (a name ending in a blank is written with `\ `); a
+///   line left empty is skipped;
 /// - a `\r` right before the `\n` is part of a CRLF line ending (a name
 ///   ending in CR is written `\r`);
 /// - a backslash starts an escape ([`unescape_name`]): the form distlink
 ///   prints names in, so a printed name can be pasted into a list.
 ///
 /// A name holding `/` is refused (a keep list names files, not paths: a
-/// list of paths would match nothing and remove everything), as is a
-/// raw NUL byte (a NUL-separated list is read with `--keep-list0`).
+/// list of paths would match nothing and remove everything), a URL with
+/// a pointer to `--keep-urls`, and a raw NUL byte (a NUL-separated list
+/// is read with `--keep-list0`).
 pub fn parse_keep_lines(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, String> {
     let mut names = HashSet::new();
     let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }
+    let lines: Vec<&[u8]> = lines
+        .into_iter()
+        .map(|l| strip_comment(l.strip_suffix(b"\r").unwrap_or(l)))
+        .collect();
+    // What emerge prints is the likeliest wrong list: said first.
+    if let Some(k) = lines.iter().position(|l| l.windows(3).any(|w| w == b"://")) {
+        return Err(format!(
+            "line {}: is a URL; a keep list holds file names. For what emerge --fetchonly \
+             prints, use --keep-urls FILE",
+            k + 1
+        ));
+    }
     for (k, line) in lines.into_iter().enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() || line.starts_with(b"#") {
+        let at = |what: String| format!("line {}: {what}", k + 1);
+        if line.is_empty() {
             continue;
         }
-        let at = |what: String| format!("line {}: {what}", k + 1);
         if line.contains(&0) {
             return Err(at(
                 "holds a NUL byte (a NUL-separated list is read with --keep-list0)".into(),
@@ -216,6 +359,104 @@ pub fn parse_keep_lines(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, 
         keep_name(&mut names, name).map_err(at)?;
     }
     Ok(names)
+}
+
+/// A keep list line without its comment: a `#` at the start of the line
+/// or after a blank (space or tab) that is not escaped starts one, and the
+/// blanks before it go with it. Nothing else is trimmed.
+fn strip_comment(line: &[u8]) -> &[u8] {
+    let (mut i, mut end, mut after_blank) = (0, 0, true);
+    while i < line.len() {
+        match line[i] {
+            b'\\' => {
+                i = (i + 2).min(line.len());
+                end = i;
+                after_blank = false;
+            }
+            b'#' if after_blank => return &line[..end],
+            b' ' | b'\t' => {
+                i += 1;
+                after_blank = true;
+            }
+            _ => {
+                i += 1;
+                end = i;
+                after_blank = false;
+            }
+        }
+    }
+    line
+}
+
+/// Reads what `emerge --pretend --fetchonly` prints: for every distfile,
+/// a line of the URLs it can be fetched from. Every word holding `://` is
+/// a URL; its last path segment (without query or fragment),
+/// percent-decoded, is a name to keep. Other words (emerge's messages)
+/// are ignored. Text holding no URL at all is refused: it is not what
+/// emerge prints.
+pub fn parse_keep_urls(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, String> {
+    let mut names = HashSet::new();
+    let mut urls = 0;
+    for word in bytes.split(|b| b.is_ascii_whitespace()) {
+        let Some(at) = word.windows(3).position(|w| w == b"://") else {
+            continue;
+        };
+        urls += 1;
+        let rest = &word[at + 3..];
+        // The path starts after the host; query and fragment are not part
+        // of it.
+        let Some(slash) = rest.iter().position(|b| *b == b'/') else {
+            continue;
+        };
+        let path = &rest[slash..];
+        let path = &path[..path
+            .iter()
+            .position(|b| *b == b'?' || *b == b'#')
+            .unwrap_or(path.len())];
+        let last = path.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        let name = percent_decode(last);
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
+            continue;
+        }
+        names.insert(OsString::from_vec(name));
+    }
+    if urls == 0 {
+        return Err(
+            "holds no URL: expected what `emerge --pretend --fetchonly` prints (one line of URLs \
+             per distfile)"
+                .into(),
+        );
+    }
+    Ok(names)
+}
+
+/// `%HH` → that byte; anything else as it is.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let hex = s
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (s[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Parses a NUL-separated keep list (as `find DIR -maxdepth 1 -type f
@@ -370,13 +611,13 @@ mod tests {
     #[test]
     fn keep_lines_trim_nothing_and_skip_comments_and_blank_lines() {
         assert_eq!(
-            lines(b"# c\n\n a \r\n\\#b\nc\\r\r\n  # not a comment\nlast"),
+            lines(b"# c\n\n a \r\n\\#b\nc\\r\r\n  # a comment\nlast # note\nx#y z\\ #w\ttab\t# t"),
             Ok(vec![
-                b"  # not a comment".to_vec(),
                 b" a ".to_vec(),
                 b"#b".to_vec(),
                 b"c\r".to_vec(),
-                b"last".to_vec()
+                b"last".to_vec(),
+                b"x#y z #w\ttab".to_vec(),
             ])
         );
         assert_eq!(lines(b"\n# only comments\n\r\n"), Ok(vec![]));
@@ -384,6 +625,101 @@ mod tests {
         assert!(e.starts_with("line 2:") && e.contains("not a path"), "{e}");
         let e = lines(b"a\0b\0").unwrap_err();
         assert!(e.contains("--keep-list0"), "{e}");
+    }
+
+    #[test]
+    fn ages_read_as_eclean_dist_reads_them() {
+        let d = |n: u64| Duration::from_secs(n * 86_400);
+        assert_eq!(parse_age("6m"), Ok(d(180)));
+        assert_eq!(parse_age("1y"), Ok(d(365)));
+        assert_eq!(parse_age("2w"), Ok(d(14)));
+        assert_eq!(parse_age("180d"), Ok(d(180)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        for bad in [
+            "",
+            "m",
+            "6",
+            "6M",
+            "6min",
+            "5s",
+            "1h30m",
+            "1.5d",
+            "-1d",
+            " 6m",
+            "6m ",
+            "+6m",
+            "99999999999999999999y",
+        ] {
+            let e = parse_age(bad).unwrap_err();
+            assert!(e.contains("m (months of 30 days)"), "{bad}: {e}");
+        }
+        assert!(parse_age("0d").unwrap_err().contains("--all"));
+    }
+
+    fn urls(s: &str) -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = parse_keep_urls(s.as_bytes())
+            .unwrap_or_default()
+            .into_iter()
+            .map(OsStringExt::into_vec)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn keep_urls_take_each_urls_file_name_and_ignore_other_words() {
+        assert_eq!(
+            urls(
+                "Calculating dependencies... done!\n\
+                 https://distfiles.gentoo.org/distfiles/6a/gcc-14.2.0.tar.xz https://ftp.gnu.org/gnu/gcc/gcc-14.2.0/gcc-14.2.0.tar.xz \n\
+                 \n\
+                 http://m/d/libsigc%2B%2B-3.6.0.tar.xz?raw=1#x ftp://h/a%20b%ZZ.tgz https://host-only.example"
+            ),
+            vec![
+                b"a b%ZZ.tgz".to_vec(),
+                b"gcc-14.2.0.tar.xz".to_vec(),
+                b"libsigc++-3.6.0.tar.xz".to_vec()
+            ]
+        );
+        assert!(parse_keep_urls(b"foo.tar.gz\nbar.tar.gz\n").is_err());
+        assert_eq!(
+            urls("https://h/d/a%2Fb https://h/d/..  https://h/d/"),
+            Vec::<Vec<u8>>::new()
+        );
+    }
+
+    #[test]
+    fn a_url_in_a_keep_list_points_to_keep_urls() {
+        let e = lines(b"a\nhttps://h/d/foo.tar.gz\n").unwrap_err();
+        assert!(e.starts_with("line 2:") && e.contains("--keep-urls"), "{e}");
+        assert_eq!(
+            lines(b"foo.tar # from https://h/d/foo.tar\n"),
+            Ok(vec![b"foo.tar".to_vec()])
+        );
+    }
+
+    proptest::proptest! {
+        /// Every name as distlink prints it, pasted into a keep list alone
+        /// or followed by a comment, reads back as the name.
+        #[test]
+        fn a_printed_name_pasted_with_or_without_a_comment_reads_back(
+            name in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    proptest::strategy::Just(b' '),
+                    proptest::strategy::Just(b'#'),
+                    proptest::strategy::Just(b'\t'),
+                ],
+                1..24,
+            )
+        ) {
+            proptest::prop_assume!(!name.contains(&b'/') && !name.contains(&0));
+            let shown = quote::name(std::ffi::OsStr::from_bytes(&name)).to_string();
+            for line in [shown.clone(), format!("{shown} # note"), format!("{shown}\t#")] {
+                let got = lines(line.as_bytes());
+                proptest::prop_assert_eq!(&got, &Ok(vec![name.clone()]), "{}", line);
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - valid UTF-8 printable characters, non-ASCII letters included, stand
 //!   for themselves;
 //! - `\` is shown as `\\`;
+//! - a `#` at the start or right after a space is shown as `\#`, and a
+//!   final space as `\ ` (a pasted name stays exact in a keep list, whose
+//!   comments start there);
 //! - newline, tab and carriage return are shown as `\n`, `\t`, `\r`;
 //! - the other control characters (C0, DEL, C1 U+0080–U+009F) and the
 //!   invisible characters that can hide or reorder text on a line (see
@@ -77,27 +80,41 @@ fn escape_char(c: char, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         '\n' => f.write_str("\\n"),
         '\t' => f.write_str("\\t"),
         '\r' => f.write_str("\\r"),
+        '#' => f.write_str("\\#"),
+        ' ' => f.write_str("\\ "),
         c => write!(f, "\\u{{{:x}}}", c as u32),
     }
 }
 
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let last = self.0.len();
+        let mut at = 0;
+        // At the start, or right after a space: a `#` here would start a
+        // comment in a keep list.
+        let mut after_blank = true;
         for chunk in self.0.utf8_chunks() {
             let valid = chunk.valid();
             // Runs of characters shown as they are go out in one piece.
             let mut plain = 0;
             for (i, c) in valid.char_indices() {
-                if c == '\\' || is_hidden(c) {
+                let comment = c == '#' && after_blank;
+                // A final space is kept exact before a keep list's comment.
+                let final_space = c == ' ' && at + i + 1 == last;
+                if c == '\\' || is_hidden(c) || comment || final_space {
                     f.write_str(&valid[plain..i])?;
                     escape_char(c, f)?;
                     plain = i + c.len_utf8();
                 }
+                after_blank = c == ' ';
             }
             f.write_str(&valid[plain..])?;
+            at += valid.len();
             for b in chunk.invalid() {
                 write!(f, "\\x{b:02x}")?;
+                after_blank = false;
             }
+            at += chunk.invalid().len();
         }
         Ok(())
     }
@@ -118,6 +135,8 @@ pub fn unquote(s: &str) -> Option<Vec<u8>> {
             'n' => out.push(b'\n'),
             't' => out.push(b'\t'),
             'r' => out.push(b'\r'),
+            '#' => out.push(b'#'),
+            ' ' => out.push(b' '),
             'x' => {
                 let hex: String = it.by_ref().take(2).collect();
                 if hex.len() != 2 {
@@ -176,6 +195,12 @@ mod tests {
             (b"caf\xc3", r"caf\xc3"),
             (b"\xe2\x80", r"\xe2\x80"),
             (b"", ""),
+            // A `#` that would start a keep list's comment, a final space.
+            (b"#foo.tar", r"\#foo.tar"),
+            (b"a #b", r"a \#b"),
+            (b"a#b c#", "a#b c#"),
+            (b"x ", r"x\ "),
+            (b"a b", "a b"),
         ];
         for (raw, shown) in cases {
             assert_eq!(q(raw), *shown, "{}", raw.escape_ascii());
@@ -233,6 +258,9 @@ mod tests {
             Just(b"\\x41".to_vec()),
             Just(b"\\u{1b}".to_vec()),
             Just(b"\n".to_vec()),
+            Just(b" ".to_vec()),
+            Just(b"#".to_vec()),
+            Just(b" #".to_vec()),
             Just("\u{202e}".as_bytes().to_vec()),
             "[a-z.]{1,4}".prop_map(String::into_bytes),
         ];

@@ -381,8 +381,21 @@ pub fn read_only(state_dir: &Path) -> Result<Option<Record>> {
 /// symlink); `None` when there is none.
 fn open_read_only(state_dir: &Path) -> Result<Option<(Connection, PathBuf)>> {
     let path = state_dir.join(DB_NAME);
-    if !path.exists() {
-        return Ok(None);
+    // A record this user may not read is an error that says so, never
+    // "no record".
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(crate::statedir::unreadable(&path));
+        }
+        Err(e) => return Err(Error::Io { path, source: e }),
+        Ok(_) => {}
+    }
+    if let Err(e) = std::fs::File::open(&path) {
+        return Err(match e.kind() {
+            std::io::ErrorKind::PermissionDenied => crate::statedir::unreadable(&path),
+            _ => Error::Io { path, source: e },
+        });
     }
     let conn = Connection::open_with_flags(
         &path,
@@ -431,8 +444,19 @@ pub fn read_stamps(state_dir: &Path) -> Result<Stamps> {
 /// dir `to`, for a dry run to work on. Both dirs are checked like any
 /// state dir; nothing is opened through a symlink.
 pub fn copy_record(from: &Path, to: &Path) -> Result<()> {
-    if !from.is_dir() {
-        return Ok(());
+    match std::fs::metadata(from) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(crate::statedir::unreadable(from));
+        }
+        Err(e) => {
+            return Err(Error::Io {
+                path: from.to_path_buf(),
+                source: e,
+            });
+        }
+        Ok(m) if !m.is_dir() => return Ok(()),
+        Ok(_) => {}
     }
     let (src, dst) = (StateDir::open(from)?, StateDir::open(to)?);
     for name in [DB_NAME, DB_JOURNAL_NAME, JOURNAL_NAME] {
@@ -440,6 +464,7 @@ pub fn copy_record(from: &Path, to: &Path) -> Result<()> {
         let mut f = match src.open_file(OsStr::new(name), false) {
             Ok(f) => f,
             Err(nix::errno::Errno::ENOENT) => continue,
+            Err(nix::errno::Errno::EACCES) => return Err(crate::statedir::unreadable(&path)),
             Err(e) => return Err(Error::sys(&path, e)),
         };
         let mut out = dst
@@ -451,14 +476,12 @@ pub fn copy_record(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// The pid of the process holding the state lock (a running daemon, or a
-/// `sync`/`migrate` in progress), if any.
-pub fn lock_holder(state_dir: &Path) -> Option<u32> {
-    // A read-only question: nothing is created.
-    if !state_dir.is_dir() {
-        return None;
-    }
-    StateDir::open(state_dir).ok()?.holder()
+/// `sync`/`migrate` in progress), if any; see [`crate::statedir::lock_holder`].
+pub fn lock_holder(state_dir: &Path) -> Result<Option<u32>> {
+    crate::statedir::lock_holder(state_dir)
 }
+
+pub use crate::statedir::pid_file;
 
 /// The identity of the root a record describes: what survives a reboot
 /// (device numbers may not, e.g. device-mapper minors) and tells another
@@ -734,7 +757,21 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     }
 }
 
+/// Every process holding the lock removes its pid file as it lets go of
+/// the record: a pid file without a lock holder is one that was killed.
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.dir.remove_pid();
+    }
+}
+
 impl Store {
+    /// Lets the members of group `gid` read the record (see
+    /// [`StateDir::share_with_group`]).
+    pub fn share_with_group(&self, gid: u32) -> Result<()> {
+        self.dir.share_with_group(gid)
+    }
+
     /// Opens (creating if needed) the record in `state_dir` and takes the
     /// exclusive lock; a second writer is refused. The state dir must be
     /// root's alone (see [`StateDir`]); nothing in it is opened through a

@@ -78,6 +78,101 @@ fn check_owned_by_root(path: &Path, st: &nix::sys::stat::FileStat, is_dir: bool)
     Ok(())
 }
 
+/// The refusal for a state dir or state file this user may not read: an
+/// error that says so (never "no record" or "not running"), naming the
+/// path and the fix.
+pub fn unreadable(path: &Path) -> Error {
+    Error::Refused(format!(
+        "cannot read {}: permission denied. The state dir is root's; to let a monitoring user run \
+         `distlink status` and `distlink check`, set `state_group = \"GROUP\"` in the config \
+         (the daemon then makes the state dir and its files readable by that group at each \
+         start) and add the user to GROUP; else run them as root",
+        crate::quote::path(path)
+    ))
+}
+
+/// The pid of the process holding the state lock on the state dir at
+/// `path`, read from `/proc/locks` (the `flock` on the dir's inode), so
+/// that asking takes no lock a starting daemon could run into, and needs
+/// no right to open the state dir. `Ok(None)` when the dir does not exist
+/// or nobody holds the lock; `Err` when the dir cannot be looked at.
+pub fn lock_holder(path: &Path) -> Result<Option<u32>> {
+    let st = match nix::sys::stat::stat(path) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::EACCES) => return Err(unreadable(path)),
+        Err(e) => return Err(Error::sys(path, e)),
+    };
+    let locks = match std::fs::read_to_string("/proc/locks") {
+        Ok(t) => t,
+        // No /proc: ask the lock itself (a shared lock taken and dropped
+        // at once), where the state dir can be opened.
+        Err(_) => return Ok(StateDir::open(path)?.holder()),
+    };
+    let (major, minor) = (libc::major(st.st_dev) as u64, libc::minor(st.st_dev) as u64);
+    let mut by_inode = Vec::new();
+    for line in locks.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF"; a waiter's
+        // line has "->" after the number.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&"FLOCK") {
+            continue;
+        }
+        let (Some(pid), Some(id)) = (f.get(4), f.get(5)) else {
+            continue;
+        };
+        let id: Vec<&str> = id.split(':').collect();
+        let [maj, min, ino] = id[..] else { continue };
+        let (Ok(pid), Ok(maj), Ok(min), Ok(ino)) = (
+            pid.parse::<u32>(),
+            u64::from_str_radix(maj, 16),
+            u64::from_str_radix(min, 16),
+            ino.parse::<u64>(),
+        ) else {
+            continue;
+        };
+        if ino != st.st_ino {
+            continue;
+        }
+        if (maj, min) == (major, minor) {
+            return Ok(Some(pid));
+        }
+        by_inode.push(pid);
+    }
+    // Filesystems whose stat reports another device than the superblock's
+    // (btrfs subvolumes): one lock on this inode number is taken as it.
+    Ok(match by_inode[..] {
+        [pid] => Some(pid),
+        _ => None,
+    })
+}
+
+/// The pid in the state dir's pid file, if there is one: left behind by a
+/// process that held the lock and did not stop cleanly (every holder
+/// removes it when it lets go). Never through a symlink; `Err` when it
+/// cannot be read.
+pub fn pid_file(state_dir: &Path) -> Result<Option<u32>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join(PID_NAME);
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut f, &mut s).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            Ok(Some(s.trim().parse().unwrap_or(0)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(unreadable(&path)),
+        Err(e) => Err(Error::Io { path, source: e }),
+    }
+}
+
 impl StateDir {
     /// Opens (creating it, root-only, when missing) the state dir at `path`
     /// and checks it and every directory above it.
@@ -152,6 +247,7 @@ impl StateDir {
             };
             at.push(name);
             let next = fsops::open_dir_at(fd.as_fd(), name).map_err(|e| match e {
+                Errno::EACCES => unreadable(&at),
                 Errno::ELOOP | Errno::ENOTDIR => Error::Refused(format!(
                     "state dir: {} is not a directory (or was replaced by a symlink while being \
                      opened)",
@@ -239,6 +335,35 @@ impl StateDir {
             tracing::warn!(path = %crate::quote::path(&self.path.join(PID_NAME)), error = %e, "cannot write the pid file");
         }
         Ok(lock)
+    }
+
+    /// Removes the pid file: called by the lock holder as it lets go, so
+    /// that a pid file without a lock holder means one that was killed.
+    pub fn remove_pid(&self) {
+        let _ = fsops::unlink_at(self.fd(), OsStr::new(PID_NAME));
+    }
+
+    /// Lets the members of group `gid` read the record (`status`,
+    /// `check`): the state dir becomes root:gid 2750 (the setgid bit gives
+    /// files created later the group too) and its files root:gid 0640.
+    /// Nobody but root can write any of it, as before.
+    pub fn share_with_group(&self, gid: u32) -> Result<()> {
+        let gid = Some(nix::unistd::Gid::from_raw(gid));
+        nix::unistd::fchown(self.fd(), None, gid).map_err(|e| Error::sys(&self.path, e))?;
+        nix::sys::stat::fchmod(self.fd(), Mode::from_bits_truncate(0o2750))
+            .map_err(|e| Error::sys(&self.path, e))?;
+        for name in ["state.db", "state.db-journal", "links.journal", PID_NAME] {
+            let f = match self.open_file(OsStr::new(name), false) {
+                Ok(f) => f,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(Error::sys(self.path.join(name), e)),
+            };
+            let path = self.path.join(name);
+            nix::unistd::fchown(&f, None, gid).map_err(|e| Error::sys(&path, e))?;
+            nix::sys::stat::fchmod(&f, Mode::from_bits_truncate(0o640))
+                .map_err(|e| Error::sys(&path, e))?;
+        }
+        Ok(())
     }
 
     /// The pid of the process holding the lock, if one does.

@@ -35,6 +35,9 @@ pub struct Status {
     pub root: String,
     pub state_dir: String,
     pub daemon_pid: Option<u32>,
+    /// The pid in a pid file that no lock holder owns: a daemon (or
+    /// `sync`/`migrate`) that was killed or crashed.
+    pub daemon_killed: Option<u32>,
     pub record: bool,
     pub hosts: Vec<HostRow>,
     pub names: u64,
@@ -55,9 +58,24 @@ pub struct Status {
 }
 
 impl Status {
-    /// Everything `check` reports, one line each.
-    pub fn problems(&self) -> Vec<String> {
+    /// Everything `check` reports, one line each; with `daemon`, a daemon
+    /// that does not run is one too.
+    pub fn problems(&self, daemon: bool) -> Vec<String> {
         let mut p = self.layout_problems.clone();
+        if let Some(pid) = self.daemon_killed {
+            p.push(format!(
+                "distlink (pid {pid}) did not stop cleanly: its pid file {}/pid remains and no \
+                 process holds the state lock (killed or crashed?); start the daemon again (it \
+                 finishes what was left)",
+                self.state_dir
+            ));
+        } else if daemon && self.daemon_pid.is_none() {
+            p.push(format!(
+                "the daemon is not running (it stopped cleanly: no process holds the state lock \
+                 on {})",
+                self.state_dir
+            ));
+        }
         if !self.record {
             p.push(format!(
                 "no record in {} yet (run `distlink migrate` or `distlink sync --adopt`)",
@@ -81,7 +99,26 @@ impl Status {
 }
 
 /// Looks at every host dir and the record.
+/// Whether a daemon runs (the pid holding the state lock), and else the
+/// pid of one that was killed (its pid file is left; a holder that lets
+/// go removes it first). Read twice where they disagree, so that a
+/// daemon stopping or starting meanwhile is not taken for a killed one.
+pub fn daemon_state(state_dir: &std::path::Path) -> Result<(Option<u32>, Option<u32>)> {
+    let pid = state::pid_file(state_dir)?;
+    let holder = state::lock_holder(state_dir)?;
+    if holder.is_some() || pid.is_none() {
+        return Ok((holder, None));
+    }
+    let pid = state::pid_file(state_dir)?;
+    let holder = state::lock_holder(state_dir)?;
+    Ok(match holder {
+        Some(h) => (Some(h), None),
+        None => (None, pid),
+    })
+}
+
 pub fn gather(cfg: &Config) -> Result<Status> {
+    let (daemon_pid, daemon_killed) = daemon_state(&cfg.state_dir)?;
     let (layout, mut layout_problems) = Layout::open_existing(&cfg.root, &cfg.hosts)?;
     if let Err(e) = layout.check_same_fs() {
         layout_problems.push(e.to_string());
@@ -247,7 +284,8 @@ pub fn gather(cfg: &Config) -> Result<Status> {
     Ok(Status {
         root: quote::path(&cfg.root).to_string(),
         state_dir: quote::path(&cfg.state_dir).to_string(),
-        daemon_pid: state::lock_holder(&cfg.state_dir),
+        daemon_pid,
+        daemon_killed,
         record: rec.as_ref().is_some_and(|r| r.initialized),
         hosts: ordered,
         names,
@@ -311,9 +349,10 @@ pub fn human(bytes: u64) -> String {
 /// The human table.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
-    let daemon = match s.daemon_pid {
-        Some(pid) => format!("running (pid {pid})"),
-        None => "not running".to_string(),
+    let daemon = match (s.daemon_pid, s.daemon_killed) {
+        (Some(pid), _) => format!("running (pid {pid})"),
+        (None, Some(pid)) => format!("not running (pid {pid} was killed or crashed)"),
+        (None, None) => "not running".to_string(),
     };
     let _ = writeln!(
         o,

@@ -78,3 +78,105 @@ fn a_wrong_type_names_the_key_and_line() {
     assert_eq!(code, Some(2));
     assert!(err.contains("interval") && err.contains("line 4"), "{err}");
 }
+
+/// One command line: every command takes `--config`, `--root`, `--host
+/// NAME` (repeated: the host list) and `--state-dir` for the same thing;
+/// the host a command acts on is named apart (`prune HOST`, `forget
+/// HOST`, `migrate --from DIR --into HOST`); options that mean nothing to
+/// a command are refused by it.
+#[test]
+fn every_command_takes_the_same_options_and_refuses_those_it_has_no_use_for() {
+    let env = Env::new(&["a", "b"]);
+    let cfg = env.config("root = \"/nonexistent-root\"\nhosts = [\"a\"]\n");
+    // Parsing passes when the error is the missing root, not an option.
+    let parses = |args: &[&str]| {
+        let (code, err) = run(args);
+        let ok = !err.contains("unexpected argument") && !err.contains("Usage:");
+        (ok, code, err)
+    };
+    let common = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "--root",
+        "/nonexistent-root",
+        "--host",
+        "a",
+        "--host",
+        "b",
+        "--state-dir",
+        "/nonexistent-state",
+    ];
+    let commands: [(&str, &[&str], &[&str]); 7] = [
+        ("run", &[], &["--settle", "--poll", "--log-format"]),
+        ("sync", &[], &["--settle", "--log-format"]),
+        ("migrate", &[], &["--settle", "--log-format"]),
+        ("prune", &["b", "--all"], &[]),
+        ("status", &[], &[]),
+        ("check", &[], &[]),
+        ("forget", &["c"], &[]),
+    ];
+    for (sub, own, tuning) in commands {
+        let mut args = vec![sub];
+        args.extend_from_slice(own);
+        args.extend_from_slice(&common);
+        let (ok, code, err) = parses(&args);
+        assert!(
+            ok && code == Some(2) && err.contains("nonexistent-root"),
+            "{args:?}: {err}"
+        );
+        for (opt, value) in [
+            ("--settle", "1s"),
+            ("--poll", "5s"),
+            ("--log-format", "json"),
+        ] {
+            let mut with = args.clone();
+            with.extend([opt, value]);
+            let (ok, code, err) = parses(&with);
+            assert_eq!(ok, tuning.contains(&opt), "{with:?}: {err}");
+            if !ok {
+                assert_eq!(code, Some(2), "{with:?}");
+                assert!(
+                    err.contains(&format!("unexpected argument '{opt}'")),
+                    "{err}"
+                );
+            }
+        }
+        // The old spelling of the host list is gone.
+        let mut with = args.clone();
+        with.extend(["--hosts", "a,b"]);
+        let (ok, code, err) = parses(&with);
+        assert!(!ok && code == Some(2), "{with:?}: {err}");
+    }
+    // The command line: a target host and the host list together.
+    let (ok, _, err) = parses(&[
+        "prune",
+        "b",
+        "--root",
+        "/nonexistent-root",
+        "--host",
+        "a",
+        "--host",
+        "b",
+        "--all",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = parses(&["prune", "--root", "/nonexistent-root", "--all"]);
+    assert!(!ok && err.contains("<HOST>"), "{err}");
+    // migrate: --from and --into go together.
+    let (ok, _, err) = parses(&[
+        "migrate",
+        "--from",
+        "/x",
+        "--into",
+        "a",
+        "--root",
+        "/nonexistent-root",
+    ]);
+    assert!(ok, "{err}");
+    for half in [&["--from", "/x"][..], &["--into", "a"]] {
+        let mut args = vec!["migrate"];
+        args.extend_from_slice(half);
+        let (ok, code, err) = parses(&args);
+        assert!(!ok && code == Some(2), "{args:?}: {err}");
+    }
+}

@@ -93,8 +93,10 @@ fn duplicate_close_events_are_harmless() {
     drop(d);
 }
 
+/// A scan (here `sync`) links a file older than the settle time at once
+/// and never links a younger one early: it waits for it to settle.
 #[test]
-fn sync_links_old_files_and_leaves_young_ones() {
+fn sync_links_old_files_and_waits_for_young_ones() {
     let mut env = Env::new(&["a", "b"]);
     assert!(env.sync(&[]).status.success()); // fresh start: empty record
     env.write("a", "old", b"o");
@@ -107,18 +109,18 @@ fn sync_links_old_files_and_leaves_young_ones() {
         .unwrap();
     env.write("a", "young", b"y");
     env.settle = "1h".into();
-    let out = env.sync(&[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut d = env.spawn(env.command("sync", &[]));
+    d.wait_log("waiting up to 10m for them to settle", WAIT);
     assert!(env.same_inode(&["a", "b"], "old"));
+    env.stays_absent("b", "young");
+    // Stopped while it waits: it says what was left (exit 1).
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait(WAIT).code(), Some(1), "{}", d.log());
+    assert!(d.log().contains("1 still being written"), "{}", d.log());
     assert!(
         !env.exists("b", "young"),
         "a file modified within the settle time was linked by a scan"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1 not yet settled"));
 }
 
 /// Watches `path` from another thread until `stop` is set; true when it

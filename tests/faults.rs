@@ -113,14 +113,11 @@ fn kill_9_during_prune_then_rerun_completes_it() {
     }
     env.wait_everywhere("p02999");
     assert!(d.stop().success());
-    let mut child = env
-        .single("prune", &["--host", "b", "--all"])
-        .spawn()
-        .unwrap();
+    let mut child = env.single("prune", &["b", "--all"]).spawn().unwrap();
     let _ = wait_until(WAIT, || !env.exists("b", "p00100"));
     let _ = child.kill();
     let _ = child.wait();
-    let (code, _, _) = Env::output(env.single("prune", &["--host", "b", "--all"]));
+    let (code, _, _) = Env::output(env.single("prune", &["b", "--all"]));
     assert_eq!(code, Some(0));
     assert!(env.names("b").is_empty());
     assert_eq!(env.names("a").len(), 3000, "prune of b must not touch a");

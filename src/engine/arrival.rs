@@ -38,7 +38,7 @@ impl Engine {
         if created && self.take_echo(host, name) {
             return None;
         }
-        let st = fsops::stat_at(self.layout.hosts.get(host)?.fd(), name).ok()?;
+        let st = fsops::stat_at(self.layout.hosts.get(host)?.at(name), name).ok()?;
         if ineligible(&st).is_some() {
             return None;
         }
@@ -100,7 +100,7 @@ impl Engine {
             return Ok(Arrival::Skipped("ignored name"));
         }
         // Pinned first, then looked at: what is checked is what gets linked.
-        let fd = match fsops::open_path_at(self.layout.hosts[host].fd(), name) {
+        let fd = match fsops::open_path_at(self.layout.hosts[host].at(name), name) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(Arrival::Gone),
             Err(e) => return Err(self.ferr(host, name, "open", e)),
@@ -110,6 +110,20 @@ impl Engine {
             return Ok(Arrival::Skipped(why));
         }
         if self.store.is_known(name, st.id()) {
+            // Recorded as a copy an earlier arrival of the name saw (two
+            // hosts fetched it at once): an identical copy elsewhere is
+            // merged with it now, not only at the next full scan. Nothing
+            // else is done (Merge mode fills no gap, records no conflict).
+            let others: Vec<usize> = (0..self.layout.hosts.len())
+                .filter(|&h| h != host)
+                .collect();
+            let split = others.iter().any(|&h| {
+                fsops::stat_at(self.layout.hosts[h].at(name), name)
+                    .is_ok_and(|s| s.ino != st.ino && s.size == st.size)
+            });
+            if self.dedupe && split {
+                self.converge_pinned(name, host, Some((fd, st)), st, &others, Mode::Merge)?;
+            }
             return Ok(Arrival::Known);
         }
         let scope = self.arrival_scope(name, host, &st);

@@ -52,7 +52,7 @@ impl Engine {
         let (ofd, ost) = match pinned {
             Some(p) => p,
             None => {
-                let fd = fsops::open_path_at(self.layout.hosts[origin].fd(), name)
+                let fd = fsops::open_path_at(self.layout.hosts[origin].at(name), name)
                     .map_err(|e| self.ferr(origin, name, "open", e))?;
                 let st =
                     fsops::stat_fd(fd.as_fd()).map_err(|e| self.ferr(origin, name, "stat", e))?;
@@ -99,7 +99,7 @@ impl Engine {
                 });
                 continue;
             }
-            match fsops::stat_at(self.layout.hosts[h].fd(), name) {
+            match fsops::stat_at(self.layout.hosts[h].at(name), name) {
                 Ok(s) if s.ino == ost.ino && s.dev == ost.dev => holders.push(h),
                 Ok(s) if !s.is_regular() || s.size != ost.size => different.push((h, s)),
                 Ok(s) => {
@@ -149,7 +149,7 @@ impl Engine {
                 .iter()
                 .max_by_key(|(h, s)| (s.nlink, std::cmp::Reverse(*h)))
             && s.nlink > ost.nlink
-            && let Ok(fd) = fsops::open_path_at(self.layout.hosts[*h].fd(), name)
+            && let Ok(fd) = fsops::open_path_at(self.layout.hosts[*h].at(name), name)
             && fsops::stat_fd(fd.as_fd()).is_ok_and(|x| x.ino == s.ino && x.same_content_stamp(s))
         {
             winner = (*h, fd, *s);
@@ -193,7 +193,7 @@ impl Engine {
             if let Some(hook) = self.race_hook.as_mut() {
                 hook(super::RacePoint::BeforeLink, h, name);
             }
-            match fsops::link_fd_at(wfd.as_fd(), self.layout.hosts[h].fd(), name) {
+            match fsops::link_fd_at(wfd.as_fd(), self.layout.hosts[h].at(name), name) {
                 Ok(()) => {
                     self.touched.insert(h);
                     self.counters.linked += 1;
@@ -297,7 +297,9 @@ impl Engine {
 
         self.store
             .record(name, wst.id(), wst.size, Some(wst.mtime_ns));
-        if mode == Mode::Arrival && !self.dry_run {
+        if mode == Mode::Arrival {
+            // (A dry run records them too, in its scratch record: it
+            // decides the rest of the name as the run will.)
             // Every other copy the hosts hold now (different, identical but
             // not merged, or waiting for its comparison) was there before
             // this arrival was handled: recorded too, it never fills a gap
@@ -343,9 +345,9 @@ impl Engine {
         let ha = &self.layout.hosts[a];
         let hb = &self.layout.hosts[b];
         same_content(
-            (ha.fd(), &ha.path, name),
+            (ha.at(name), &ha.path, name),
             ast,
-            (hb.fd(), &hb.path, name),
+            (hb.at(name), &hb.path, name),
             bst,
         )
     }
@@ -379,9 +381,9 @@ impl Engine {
         let verdicts = par_map(&pairs, |(name, a, ast, b, bst)| {
             let (ha, hb) = (&layout.hosts[*a], &layout.hosts[*b]);
             same_content(
-                (ha.fd(), &ha.path, name),
+                (ha.at(name), &ha.path, name),
                 ast,
-                (hb.fd(), &hb.path, name),
+                (hb.at(name), &hb.path, name),
                 bst,
             )
         });

@@ -27,6 +27,9 @@ pub struct Imported {
     pub conflicts: Vec<String>,
     pub bytes: u64,
     pub errors: Vec<String>,
+    /// The names moved or copied in (or, in a dry run, that would be).
+    #[serde(skip)]
+    pub names_in: Vec<std::ffi::OsString>,
 }
 
 /// Moves every candidate of a flat directory into a host dir: a rename on
@@ -101,6 +104,7 @@ pub fn import_flat(
         }
         out.bytes += st.size;
         if dry_run {
+            out.names_in.push(name.clone());
             if sst.dev == host.stat.dev {
                 out.moved += 1;
             } else {

@@ -44,7 +44,7 @@ impl Engine {
                 .filter(|h| !targets.contains(h))
                 .chain(targets.iter().copied())
                 .find_map(|h| {
-                    fsops::stat_at(self.layout.hosts[h].fd(), &name)
+                    fsops::stat_at(self.layout.hosts[h].at(&name), &name)
                         .ok()
                         .filter(|s| s.id() == id && ineligible(s).is_none())
                         .map(|s| (h, s))

@@ -249,7 +249,7 @@ impl Engine {
             let mut order = inodes.clone();
             order.sort_by_key(|(h, s)| (std::cmp::Reverse(s.nlink), *h));
             for (i, (h, st)) in order.iter().enumerate() {
-                let still = fsops::stat_at(self.layout.hosts[*h].fd(), name)
+                let still = fsops::stat_at(self.layout.hosts[*h].at(name), name)
                     .is_ok_and(|now| now.ino == st.ino);
                 if !still || i == 0 {
                     continue;
@@ -264,7 +264,7 @@ impl Engine {
             // they are described from the same side every time.
             let mut best: Option<(usize, FileStat)> = None;
             for &h in &all {
-                if let Ok(st) = fsops::stat_at(self.layout.hosts[h].fd(), name)
+                if let Ok(st) = fsops::stat_at(self.layout.hosts[h].at(name), name)
                     && ineligible(&st).is_none()
                     && best.is_none_or(|(_, b)| st.nlink > b.nlink)
                 {
@@ -283,20 +283,88 @@ impl Engine {
         }
     }
 
+    /// How long `migrate` and `sync` wait at most for files a scan found
+    /// too young: four settle times, at least 20 s, at most 10 minutes.
+    pub fn settle_limit(settle: Duration) -> Duration {
+        (settle * 4).clamp(Duration::from_secs(20), Duration::from_secs(600))
+    }
+
+    /// Waits for the files a scan found too young (written less than the
+    /// settle time ago: freshly copied in) instead of leaving them: each
+    /// name is looked at again, as a scan would, once its youngest copy
+    /// could be old enough, and distributed when it is; until none is left
+    /// or `limit` has passed. Returns those still changing then. `waiting`
+    /// is told how many are left and how much of the limit (for a display).
+    pub fn settle_young(
+        &mut self,
+        mut young: Vec<Young>,
+        settle: Duration,
+        limit: Duration,
+        waiting: &mut dyn FnMut(usize, Duration),
+    ) -> Result<Vec<Young>> {
+        let deadline = std::time::Instant::now() + limit;
+        while !young.is_empty() && !self.stopping() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            waiting(young.len(), left);
+            let now = SystemTime::now();
+            let next = young
+                .iter()
+                .map(|y| settle.saturating_sub(super::age(&y.stat, now)))
+                .min()
+                .unwrap_or_default();
+            // A little past the moment, so that it is old enough then;
+            // in short steps, so that a stop request is seen.
+            let until = std::time::Instant::now() + (next + Duration::from_millis(20)).min(left);
+            while !self.stopping() {
+                let rest = until.saturating_duration_since(std::time::Instant::now());
+                if rest.is_zero() {
+                    break;
+                }
+                std::thread::sleep(rest.min(Duration::from_millis(100)));
+            }
+            if self.stopping() {
+                break;
+            }
+            let mut names: Vec<OsString> = young.drain(..).map(|y| y.name).collect();
+            names.sort();
+            names.dedup();
+            let now = SystemTime::now();
+            for name in names {
+                self.revisit_into(&name, now, settle, &mut young);
+            }
+            self.commit()?;
+        }
+        Ok(young)
+    }
+
     /// Looks at `name` in every host again, as a scan would (after a
     /// comparison it waited for came back).
     pub fn revisit(&mut self, name: &OsStr, now: SystemTime, settle: Duration) {
+        // Young ones have events of their own coming.
+        self.revisit_into(name, now, settle, &mut Vec::new());
+    }
+
+    /// [`Engine::revisit`], collecting the copies still too young.
+    fn revisit_into(
+        &mut self,
+        name: &OsStr,
+        now: SystemTime,
+        settle: Duration,
+        young: &mut Vec<Young>,
+    ) {
         let holders: Vec<(usize, FileStat)> = (0..self.layout.hosts.len())
             .filter_map(|h| {
-                fsops::stat_at(self.layout.hosts[h].fd(), name)
+                fsops::stat_at(self.layout.hosts[h].at(name), name)
                     .ok()
                     .filter(|s| ineligible(s).is_none())
                     .map(|s| (h, s))
             })
             .collect();
         if !holders.is_empty() {
-            // Young ones have events of their own coming.
-            self.converge_name(name, &holders, now, settle, &mut Vec::new());
+            self.converge_name(name, &holders, now, settle, young);
         }
     }
 
@@ -366,7 +434,7 @@ impl Engine {
             if !self.dry_run {
                 // Every copy left (conflicting ones too) counts as distributed.
                 for i in &all {
-                    if let Ok(s) = fsops::stat_at(self.layout.hosts[*i].fd(), name)
+                    if let Ok(s) = fsops::stat_at(self.layout.hosts[*i].at(name), name)
                         && ineligible(&s).is_none()
                     {
                         self.store.record(name, s.id(), s.size, Some(s.mtime_ns));

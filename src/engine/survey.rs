@@ -2,6 +2,7 @@
 //! survey of every host dir a scan (and `status`) works from.
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -117,6 +118,22 @@ pub fn survey(layout: &Layout, filter: &NameFilter, usable: &[usize]) -> Survey 
                 };
                 if ineligible(&present.stats[idx as usize]).is_none() {
                     present.add(e.name, i, idx);
+                }
+            }
+        }
+        // A dry run of `migrate --from`: the files the real run moves in.
+        if let Some((fd, names)) = &h.pretend.moved_in {
+            for name in names {
+                match fsops::stat_at(fd.as_fd(), name) {
+                    Ok(st) if ineligible(&st).is_none() => {
+                        let idx = *ino_idx.entry(st.ino).or_insert_with(|| {
+                            present.stats.push(st);
+                            (present.stats.len() - 1) as u32
+                        });
+                        present.add(name, i, idx);
+                    }
+                    Ok(_) => {}
+                    Err(err) => out.complete &= stat_failed(&h.path, name, err),
                 }
             }
         }

@@ -2,6 +2,8 @@
 //! and helpers that wait for (or rule out) links.
 #![allow(dead_code)]
 
+pub mod operator;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -70,7 +72,8 @@ impl Env {
         self.root.join(host).join(name.as_ref())
     }
 
-    pub fn args(&self) -> Vec<String> {
+    /// Root, state dir and hosts: what every command takes.
+    pub fn base_args(&self) -> Vec<String> {
         let mut a = vec![
             "--root".to_string(),
             self.root.display().to_string(),
@@ -81,33 +84,38 @@ impl Env {
             a.push("--host".into());
             a.push(h.clone());
         }
+        a
+    }
+
+    /// [`Env::base_args`], the `--settle` and the extra arguments given to
+    /// every run/sync (and migrate).
+    pub fn args(&self) -> Vec<String> {
+        let mut a = self.base_args();
         a.push("--settle".into());
         a.push(self.settle.clone());
         a.extend(self.extra.iter().cloned());
         a
     }
 
+    /// `distlink SUB` with [`Env::args`] for the commands that distribute
+    /// files (run, sync, migrate), [`Env::base_args`] for the others.
     pub fn command(&self, sub: &str, more: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.arg(sub).args(self.args()).args(more);
+        c.arg(sub);
+        if matches!(sub, "run" | "sync" | "migrate") {
+            c.args(self.args());
+        } else {
+            c.args(self.base_args());
+        }
+        c.args(more);
         c.env("DISTLINK_LOG", "debug");
         c
     }
 
-    /// A command that takes the host list as `--hosts a,b,c` (prune and
-    /// migrate, whose `--host` names the one host they act on).
+    /// The same as [`Env::command`] (prune and migrate once took the host
+    /// list another way).
     pub fn single(&self, sub: &str, more: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.arg(sub)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--hosts")
-            .arg(self.hosts.join(","))
-            .args(["--settle", &self.settle])
-            .args(more);
-        c
+        self.command(sub, more)
     }
 
     /// Runs a command to completion: (exit code, stdout, stderr).
