@@ -21,7 +21,16 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the daemon: reconcile, then follow every host dir until SIGTERM.
-    Run(Common),
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Make every start-up check (configuration, root, host dirs, state
+        /// dir, record) and exit: 0 when the daemon would start, else run's
+        /// exit code and message. Creates, locks and changes nothing; a
+        /// running daemon is not an error.
+        #[arg(long)]
+        check: bool,
+    },
     /// One reconcile pass over all hosts, then exit.
     Sync {
         #[command(flatten)]
@@ -258,7 +267,30 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 ExitCode::from(1)
             }
         },
-        Cmd::Run(common) => {
+        Cmd::Run {
+            common,
+            check: true,
+        } => {
+            let (cfg, _) = load(&common.src, &common.hosts)?;
+            match daemon::check(&cfg) {
+                Ok(found) => {
+                    println!(
+                        "distlink: start-up checks passed: root {}, {} hosts, record {} ({})",
+                        distlink::quote::path(&cfg.root),
+                        cfg.hosts.len(),
+                        distlink::quote::path(&found.path),
+                        if found.initialized {
+                            "in use"
+                        } else {
+                            "a fresh start would create it"
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::Run { common, .. } => {
             let (cfg, ov) = load(&common.src, &common.hosts)?;
             match daemon::run(cfg, ov) {
                 Ok(()) => ExitCode::SUCCESS,
