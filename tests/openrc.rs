@@ -214,6 +214,18 @@ fn a_reload_or_restart_onto_a_bad_configuration_keeps_the_running_daemon() {
     let new = s.rc.daemon_pid(WAIT).expect("one daemon");
     assert_ne!(new, pid);
     s.stop();
+
+    // A restart of the stopped service is a start: checked too.
+    s.env.config(&format!("{good}setle = \"5s\"\n"));
+    let (code, out) = s.rc.service("restart");
+    assert!(code != 0 && out.contains("setle"), "{code}: {out}");
+    assert!(
+        !wait_until(Duration::from_secs(3), || !s
+            .rc
+            .processes("distlink")
+            .is_empty()),
+        "a daemon was started"
+    );
 }
 
 #[test]
