@@ -253,3 +253,42 @@ fn a_running_daemon_is_no_obstacle_to_the_check() {
     assert_eq!(tree(env.tmp.path()), before, "the check changed the disk");
     assert!(d.stop().success());
 }
+
+#[test]
+fn a_record_whose_last_commit_was_cut_short_passes_the_check_untouched() {
+    let env = Env::new(&["a", "b"]);
+    assert!(env.sync(&[]).status.success());
+    // A commit cut short: pages written to the database, the rollback
+    // journal beside it (copied while a writer holds them mid-transaction,
+    // as a kill -9 leaves them).
+    let db = env.state.join("state.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA cache_size=1; BEGIN EXCLUSIVE;")
+        .unwrap();
+    for i in 0..3000 {
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            (format!("filler{i}"), "x".repeat(200)),
+        )
+        .unwrap();
+    }
+    let crashed = env.tmp.path().join("crashed");
+    fs::create_dir(&crashed).unwrap();
+    chmod(&crashed, 0o700);
+    for f in ["state.db", "state.db-journal", "links.journal"] {
+        fs::copy(env.state.join(f), crashed.join(f)).unwrap();
+    }
+    drop(conn);
+    let mut env = env;
+    env.state = crashed;
+    // Only a writer may roll it back: the check says so and leaves it.
+    let before = tree(env.tmp.path());
+    let (code, out, err) = run_to_end(env.command("run", &["--check"]), WAIT);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("roll back"), "{err}");
+    assert_eq!(tree(env.tmp.path()), before, "the check changed the disk");
+    // run rolls it back and starts.
+    let mut d = env.start();
+    assert!(!env.state.join("state.db-journal").exists());
+    assert!(d.stop().success());
+}

@@ -95,6 +95,19 @@ pub(super) fn judge_root(
     }
 }
 
+/// A record with a commit to roll back (its last one was cut short, or a
+/// daemon is in the middle of one): `run` rolls it back, then checks it;
+/// the check cannot read it as it will be.
+fn rolled_back_by_run(path: PathBuf) -> Inspected {
+    tracing::warn!(path = %crate::quote::path(&path),
+        "the record has a commit to roll back (or one in progress), which only `run` may do: \
+         whether it describes this root is not checked");
+    Inspected {
+        path,
+        initialized: true,
+    }
+}
+
 impl Store {
     /// The checks of [`Store::open_for_root`] (without `rebind`), in its
     /// order, creating, locking and changing nothing: the state dir and
@@ -126,6 +139,13 @@ impl Store {
         if fsops::stat_at(dir.fd(), std::ffi::OsStr::new(DB_NAME)).is_err() {
             return Ok(fresh);
         }
+        // A commit in progress, or one cut short: only a writer may roll it
+        // back (a reader opening the journal as root even chowns it).
+        if fsops::stat_at(dir.fd(), std::ffi::OsStr::new(DB_JOURNAL_NAME))
+            .is_ok_and(|st| st.size > 0)
+        {
+            return Ok(rolled_back_by_run(path));
+        }
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -153,13 +173,7 @@ impl Store {
             Err(Error::State { message, .. })
                 if message.contains("readonly") || message.contains("read-only") =>
             {
-                tracing::warn!(path = %crate::quote::path(&path), error = %message,
-                    "the record has a commit to roll back, which only `run` may do: whether it \
-                     describes this root is not checked");
-                return Ok(Inspected {
-                    path,
-                    initialized: true,
-                });
+                return Ok(rolled_back_by_run(path));
             }
             Err(e) => return Err(unreadable(e)),
         }
