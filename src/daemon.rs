@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,7 +23,7 @@ use crate::logbuf;
 use crate::names::NameFilter;
 use crate::quote;
 use crate::settle::{self, Ready, Seen, Settler, Stamp, Verdict, Writers};
-use crate::state::Store;
+use crate::state::{Inspected, Store};
 use crate::watch::{Kind, WatchEvent, Watcher};
 
 /// How long the record may trail the links it describes.
@@ -41,19 +42,91 @@ const RECORD_RETRY: Duration = Duration::from_secs(1);
 /// at; each one that keeps failing backs off on its own (see the engine).
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 
-/// Opens the record (taking the lock) and the layout. Without a record, a
-/// root whose host dirs already hold files is refused: guessing would
-/// either resurrect prunes or strand files.
+/// How start-up treats what it checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// `run` and `sync`: missing host dirs and state dir are created, the
+    /// lock is taken, the record written. `adopt`: `sync --adopt`.
+    Open { adopt: bool },
+    /// `run --check`: the same checks in the same order; nothing is
+    /// created, locked or changed.
+    Check,
+}
+
+/// What start-up opened.
+enum Started {
+    Engine(Box<Engine>),
+    Checked(Inspected),
+}
+
+/// Opens the record (taking the lock) and the layout: the start of `run`
+/// and `sync`. Without a record, a root whose host dirs already hold files
+/// is refused: guessing would either resurrect prunes or strand files.
 pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
+    match start_up(cfg, Start::Open { adopt })? {
+        Started::Engine(engine) => Ok(*engine),
+        Started::Checked(_) => unreachable!("Start::Open opens the engine"),
+    }
+}
+
+/// `distlink run --check`: every check `run` makes before it starts, with
+/// its exit code and message, creating, locking and changing nothing. A
+/// running daemon is not an error.
+pub fn check(cfg: &Config) -> Result<Inspected> {
+    match start_up(cfg, Start::Check)? {
+        Started::Checked(found) => Ok(found),
+        Started::Engine(_) => unreachable!("Start::Check opens nothing"),
+    }
+}
+
+/// Start-up, the one path `run`, `sync` and `run --check` share. What can
+/// refuse a start, in this order (the configuration itself — keys, hosts,
+/// globs, durations — was checked when it was loaded):
+/// 1. the root exists and is a directory;
+/// 2. the state dir and every dir above it are root's alone, and it lies
+///    outside the root (a missing one: the dirs it would be created in);
+/// 3. its files are root's, the record is readable and describes this
+///    root (is the distfiles filesystem mounted?);
+/// 4. every host dir is a directory, not a symlink, and all are on one
+///    filesystem and one mount;
+/// 5. without a record, the host dirs hold no files (else `migrate` or
+///    `sync --adopt`; a record an older version left in `ROOT/.distlink`
+///    is pointed at).
+fn start_up(cfg: &Config, how: Start) -> Result<Started> {
     // The record is opened, and checked to describe this root, before any
     // host dir is created: an unmounted root must not be filled with new
     // empty host dirs that would make the record forget every file.
     let mut layout = Layout::open_root(&cfg.root)?;
-    let mut store = Store::open_for_root(&cfg.state_dir, &cfg.root, layout.root_fd(), adopt)?;
-    layout.open_hosts(&cfg.hosts)?;
+    let (store, found) = match how {
+        Start::Open { adopt } => {
+            let store = Store::open_for_root(&cfg.state_dir, &cfg.root, layout.root_fd(), adopt)?;
+            let found = Inspected {
+                path: store.path().to_path_buf(),
+                initialized: store.is_initialized(),
+            };
+            (Some(store), found)
+        }
+        Start::Check => {
+            let found = Store::inspect_for_root(&cfg.state_dir, &cfg.root, layout.root_fd())?;
+            (None, found)
+        }
+    };
+    // Missing host dirs are created (only when opening).
+    if store.is_some() {
+        layout.open_hosts(&cfg.hosts)?;
+    } else {
+        layout.check_hosts(&cfg.hosts)?;
+    }
+    let filter = NameFilter::new(&cfg.ignore)?;
+    let adopt = how == Start::Open { adopt: true };
+    if !adopt && !found.initialized {
+        refuse_guessing(cfg, &layout, &filter, &found.path)?;
+    }
+    let Some(mut store) = store else {
+        return Ok(Started::Checked(found));
+    };
     identity::announce(&layout);
     identity::upgrade_record(&layout, &mut store);
-    let filter = NameFilter::new(&cfg.ignore)?;
     let mut engine = Engine::new(layout, filter, store, cfg.dedupe);
     if adopt {
         let n = engine.adopt()?;
@@ -67,39 +140,44 @@ pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
             "adopted the host dirs as they are: every file on disk now counts as distributed"
         );
     } else if !engine.store.is_initialized() {
-        if let Some(example) = engine.any_candidate() {
-            // Older versions kept the record inside the root: moving it
-            // keeps every prune it knows of.
-            let old = cfg.root.join(".distlink");
-            let hint = match fsops::stat_at(
-                engine.layout.root_fd(),
-                std::ffi::OsStr::new(".distlink"),
-            ) {
-                Ok(st) if st.is_dir() => format!(
-                    ". A record of an older version is in {old}: to keep its prunes, check that \
-                     nothing in it is a symlink or owned by anyone but root, then move \
-                     {old}/state.db* (with its -wal) and {old}/links.journal into {new} (replacing the empty \
-                     record there) and remove {old}",
-                    old = quote::path(&old),
-                    new = quote::path(&cfg.state_dir)
-                ),
-                _ => String::new(),
-            };
-            return Err(Error::Refused(format!(
-                "no record of what was distributed yet ({}), but the host dirs already hold files \
-                 (e.g. {}); distlink will not guess. Run `distlink migrate` to link every file \
-                 into every host, or `distlink sync --adopt` to take the host dirs as they are \
-                 now as already distributed{hint}",
-                quote::path(engine.store.path()),
-                quote::path(&example)
-            )));
-        }
         engine.sync_hosts()?;
         engine.store.mark_initialized();
         engine.commit()?;
         tracing::info!(state = %quote::path(engine.store.path()), "fresh start: new record created");
     }
-    Ok(engine)
+    Ok(Started::Engine(Box::new(engine)))
+}
+
+/// Without a record (`db`), host dirs that already hold files are refused.
+fn refuse_guessing(cfg: &Config, layout: &Layout, filter: &NameFilter, db: &Path) -> Result<()> {
+    let all: Vec<usize> = (0..layout.hosts.len()).collect();
+    let survey = engine::survey(layout, filter, &all);
+    let Some((name, holders)) = survey.present.iter().next() else {
+        return Ok(());
+    };
+    let example = layout.hosts[holders[0].0].path.join(name);
+    // Older versions kept the record inside the root: moving it keeps
+    // every prune it knows of.
+    let old = cfg.root.join(".distlink");
+    let hint = match fsops::stat_at(layout.root_fd(), std::ffi::OsStr::new(".distlink")) {
+        Ok(st) if st.is_dir() => format!(
+            ". A record of an older version is in {old}: to keep its prunes, check that \
+             nothing in it is a symlink or owned by anyone but root, then move \
+             {old}/state.db* (with its -wal) and {old}/links.journal into {new} (replacing the empty \
+             record there) and remove {old}",
+            old = quote::path(&old),
+            new = quote::path(&cfg.state_dir)
+        ),
+        _ => String::new(),
+    };
+    Err(Error::Refused(format!(
+        "no record of what was distributed yet ({}), but the host dirs already hold files \
+         (e.g. {}); distlink will not guess. Run `distlink migrate` to link every file \
+         into every host, or `distlink sync --adopt` to take the host dirs as they are \
+         now as already distributed{hint}",
+        quote::path(db),
+        quote::path(&example)
+    )))
 }
 
 /// What `sync` did.

@@ -98,9 +98,21 @@ impl Layout {
     /// Opens every host dir (creating missing ones) of a layout opened
     /// with [`Layout::open_root`], and checks they share one filesystem.
     pub fn open_hosts(&mut self, hosts: &[String]) -> Result<()> {
+        self.open_hosts_as(hosts, true)
+    }
+
+    /// The checks of [`Layout::open_hosts`], creating nothing (`run
+    /// --check`): the host dirs that exist are opened and checked.
+    pub fn check_hosts(&mut self, hosts: &[String]) -> Result<()> {
+        self.open_hosts_as(hosts, false)
+    }
+
+    fn open_hosts_as(&mut self, hosts: &[String], create: bool) -> Result<()> {
         let layout = self;
         for h in hosts {
-            let (dir, opened) = layout.open_host(h)?;
+            let Some((dir, opened)) = layout.open_host_as(h, create)? else {
+                continue;
+            };
             if opened == Opened::Created {
                 tracing::info!(host = %h, path = %quote::path(&dir.path), "created missing host dir");
             }
@@ -199,6 +211,12 @@ impl Layout {
     /// Opens (creating if missing) the dir of host `name`, never following a
     /// symlink planted at its place.
     pub fn open_host(&self, name: &str) -> Result<(HostDir, Opened)> {
+        self.open_host_as(name, true)?
+            .ok_or_else(|| Error::sys(self.root.join(name), Errno::ENOENT))
+    }
+
+    /// [`Layout::open_host`]; without `create`, a missing dir is `None`.
+    fn open_host_as(&self, name: &str, create: bool) -> Result<Option<(HostDir, Opened)>> {
         let path = self.root.join(name);
         let os = OsStr::new(name);
         let mut opened = Opened::Existing;
@@ -210,6 +228,7 @@ impl Layout {
                 )));
             }
             Ok(_) => {}
+            Err(Errno::ENOENT) if !create => return Ok(None),
             Err(Errno::ENOENT) => {
                 match fsops::mkdir_at(self.root_fd(), os, 0o700) {
                     Ok(()) | Err(Errno::EEXIST) => {}
@@ -237,7 +256,7 @@ impl Layout {
                 .map_err(|e| Error::sys(&path, e))?;
         }
         let stat = fsops::stat_fd(fd.as_fd()).map_err(|e| Error::sys(&path, e))?;
-        Ok((
+        Ok(Some((
             HostDir {
                 name: name.to_string(),
                 path,
@@ -246,7 +265,7 @@ impl Layout {
                 pretend: Pretend::default(),
             },
             opened,
-        ))
+        )))
     }
 
     /// All host dirs must live on one filesystem, or hard links between

@@ -29,6 +29,12 @@ enum Cmd {
         /// Scan every INTERVAL instead of using inotify (e.g. "30s").
         #[arg(long, value_name = "INTERVAL", value_parser = duration)]
         poll: Option<Duration>,
+        /// Make every start-up check (configuration, root, host dirs, state
+        /// dir, record) and exit: 0 when the daemon would start, else run's
+        /// exit code and message. Creates, locks and changes nothing; a
+        /// running daemon is not an error.
+        #[arg(long)]
+        check: bool,
     },
     /// One reconcile pass over all hosts, then exit (1 when something was
     /// left undone).
@@ -292,7 +298,34 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 Err(e) => fail(&e),
             },
         },
-        Cmd::Run { src, tuning, poll } => {
+        Cmd::Run {
+            src,
+            tuning,
+            poll,
+            check: true,
+        } => {
+            let (cfg, _) = load(src.overrides(Some(&tuning), poll))?;
+            match daemon::check(&cfg) {
+                Ok(found) => {
+                    println!(
+                        "distlink: start-up checks passed: root {}, {} hosts, record {} ({})",
+                        distlink::quote::path(&cfg.root),
+                        cfg.hosts.len(),
+                        distlink::quote::path(&found.path),
+                        if found.initialized {
+                            "in use"
+                        } else {
+                            "a fresh start would create it"
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Cmd::Run {
+            src, tuning, poll, ..
+        } => {
             let (cfg, ov) = load(src.overrides(Some(&tuning), poll))?;
             match daemon::run(cfg, ov) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -15,8 +15,11 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::Flock;
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::statedir::{PID_NAME, StateDir};
+use crate::statedir::StateDir;
+
+mod startup;
 use rusqlite::{Connection, OpenFlags, params};
+pub use startup::Inspected;
 
 use crate::error::{Error, Result};
 use crate::few::Few;
@@ -779,9 +782,7 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store> {
         let dir = StateDir::open(state_dir)?;
         let lock = dir.lock()?;
-        for name in [DB_NAME, DB_JOURNAL_NAME, JOURNAL_NAME, PID_NAME] {
-            dir.check_file(name)?;
-        }
+        startup::check_files(&dir)?;
         let path = dir.path.join(DB_NAME);
         let conn = Connection::open_with_flags(
             &path,
@@ -811,15 +812,7 @@ impl Store {
             stats_dirty: false,
             new_generations: 0,
         };
-        store.setup().map_err(|e| match e {
-            Error::State { path, message } => Error::Refused(format!(
-                "state store {} is unreadable ({message}); distlink will not guess what was \
-                 distributed. Move it aside and run `distlink sync --adopt` to take the host dirs \
-                 as they are now",
-                crate::quote::path(&path)
-            )),
-            e => e,
-        })?;
+        store.setup().map_err(startup::unreadable)?;
         store.files = store.file_ids();
         store.replay_journal()?;
         Ok(store)
@@ -853,31 +846,16 @@ impl Store {
             })
             .ok();
         let was = recorded.as_deref().and_then(RootId::decode);
-        match was {
-            // Unchanged.
-            Some(w) if w == *now => return Ok(()),
-            // Same root; a device number or fsid moved (a reboot).
-            Some(w) if w.same_root(now) => {}
-            Some(w) if !rebind => {
-                return Err(Error::Refused(format!(
-                    "the record in {} describes another root than {} ({}; now {}): is the \
-                     distfiles filesystem mounted? distlink will not reuse it, or its prunes \
-                     would be undone. If the root was moved or restored on purpose, run \
-                     `distlink sync --adopt` to bind the record to it (every file now in the \
-                     host dirs then counts as distributed)",
-                    crate::quote::path(&self.path),
-                    crate::quote::path(root),
-                    w.encode(),
-                    now.encode()
-                )));
-            }
-            Some(_) => {
+        match startup::judge_root(&self.path, root, was, now, rebind)? {
+            startup::Binding::Same => return Ok(()),
+            startup::Binding::Moved => {}
+            startup::Binding::Rebound => {
                 tracing::warn!(root = %crate::quote::path(root), "record bound to this root (sync --adopt)")
             }
-            None if self.rec.initialized => {
+            startup::Binding::Unbound if self.rec.initialized => {
                 tracing::info!(root = %crate::quote::path(root), "record bound to this root (it did not say which it described)")
             }
-            None => {}
+            startup::Binding::Unbound => {}
         }
         self.conn
             .execute(
@@ -1083,12 +1061,7 @@ impl Store {
                     .map_err(&e)?;
                 tracing::info!(path = %crate::quote::path(&p), "record upgraded to schema version 2");
             }
-            Some(v) => {
-                return Err(Error::State {
-                    path: p.clone(),
-                    message: format!("schema version {v} is not {SCHEMA_VERSION}"),
-                });
-            }
+            Some(v) => startup::schema_known(&p, &v)?,
         }
         self.rec = Record::load(&self.conn, &p)?;
         Ok(())

@@ -23,6 +23,14 @@ use crate::fsops;
 /// Written by the lock holder: its pid, for `status`.
 pub const PID_NAME: &str = "pid";
 
+/// A state dir looked at without creating it.
+#[derive(Debug)]
+pub enum Found {
+    Dir(StateDir),
+    /// It does not exist yet; where it would be created.
+    Missing(PathBuf),
+}
+
 /// The state dir, held open and checked.
 #[derive(Debug)]
 pub struct StateDir {
@@ -183,17 +191,31 @@ impl StateDir {
     /// [`StateDir::open`], refusing (before creating anything) a state dir
     /// that is the directory `outside` (dev, ino) or lies inside it.
     pub fn open_outside(path: &Path, outside: Option<(&Path, (u64, u64))>) -> Result<StateDir> {
-        StateDir::open_checked(path, outside, false)
+        match StateDir::open_checked(path, outside, false, true)? {
+            Found::Dir(dir) => Ok(dir),
+            Found::Missing(at) => Err(Error::sys(at, Errno::ENOENT)), // created above
+        }
+    }
+
+    /// The checks of [`StateDir::open_outside`], creating nothing (`run
+    /// --check`): a state dir that does not exist yet is
+    /// [`Found::Missing`], once the directories it would be created in are
+    /// checked.
+    pub fn inspect_outside(path: &Path, outside: Option<(&Path, (u64, u64))>) -> Result<Found> {
+        StateDir::open_checked(path, outside, false, false)
     }
 
     /// With `parent`, `path` is a directory a missing state dir is created
     /// in: checked like every dir above the state dir (a sticky `/tmp`
-    /// passes), not like the state dir itself.
+    /// passes), not like the state dir itself. Without `create`, a missing
+    /// dir is not created: [`Found::Missing`], once the dirs above it are
+    /// checked.
     fn open_checked(
         path: &Path,
         outside: Option<(&Path, (u64, u64))>,
         parent: bool,
-    ) -> Result<StateDir> {
+        create: bool,
+    ) -> Result<Found> {
         if !path.is_absolute() {
             return Err(Error::Config(format!(
                 "state_dir: {} is not an absolute path",
@@ -212,13 +234,18 @@ impl StateDir {
                     ))
                 })?;
                 // The parent is created (and checked) first, then this dir.
-                let dir = StateDir::open_checked(parent, outside, true)?;
+                let dir = StateDir::open_checked(parent, outside, true, create)?;
                 let name = path.file_name().ok_or_else(|| {
                     Error::Config(format!(
                         "state_dir: {} has no name",
                         crate::quote::path(path)
                     ))
                 })?;
+                let dir = match dir {
+                    Found::Dir(dir) if create => dir,
+                    Found::Dir(dir) => return Ok(Found::Missing(dir.path.join(name))),
+                    Found::Missing(at) => return Ok(Found::Missing(at.join(name))),
+                };
                 match fsops::mkdir_at(dir.fd(), name, 0o700) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(Error::sys(path, e)),
@@ -276,7 +303,7 @@ impl StateDir {
         if let Some((what, id)) = outside {
             dir.refuse_inside("the root", what, id)?;
         }
-        Ok(dir)
+        Ok(Found::Dir(dir))
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

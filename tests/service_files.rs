@@ -1,6 +1,7 @@
 //! The files packagers install: the example config (parsed by the real
-//! parser so it cannot rot), the systemd unit (`systemd-analyze verify`) and
-//! the OpenRC script (`sh -n`, shellcheck). Tools that are missing are
+//! parser so it cannot rot), the systemd unit (`systemd-analyze verify` and
+//! `security`; its restart rules, parsed, since no systemd runs here) and
+//! the OpenRC script (`sh -n`, shellcheck; `tests/openrc.rs` runs it). Tools that are missing are
 //! skipped with a reason, unless DISTLINK_REQUIRE_TOOLS=1 (CI sets it).
 
 mod common;
@@ -105,6 +106,135 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
     );
 }
 
+/// The unit as systemd reads it: (section, key) → every value, in order.
+fn parse_unit(text: &str) -> std::collections::BTreeMap<(String, String), Vec<String>> {
+    let mut map = std::collections::BTreeMap::new();
+    let mut section = String::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let mut line = line.trim().to_string();
+        // A trailing backslash continues the line.
+        while line.ends_with('\\') {
+            line.pop();
+            line.push(' ');
+            line.push_str(lines.next().unwrap_or("").trim());
+        }
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (k, v) = line.split_once('=').expect("KEY=VALUE");
+        map.entry((section.clone(), k.trim().to_string()))
+            .or_insert_with(Vec::new)
+            .push(v.trim().to_string());
+    }
+    map
+}
+
+/// A duration as systemd writes it here (`60`, `5s`, `1min`), in seconds.
+fn seconds(v: &str) -> u64 {
+    if let Some(m) = v.strip_suffix("min") {
+        return m.parse::<u64>().expect("minutes") * 60;
+    }
+    v.trim_end_matches('s').parse().expect("seconds")
+}
+
+#[test]
+fn the_systemd_unit_never_restarts_a_refusal_and_gives_up_on_a_daemon_that_keeps_dying() {
+    let unit = parse_unit(&std::fs::read_to_string(repo("systemd/distlink.service")).unwrap());
+    let one = |sec: &str, key: &str| -> String {
+        let v = unit
+            .get(&(sec.to_string(), key.to_string()))
+            .unwrap_or_else(|| panic!("[{sec}] {key}= is not set"));
+        assert_eq!(v.len(), 1, "[{sec}] {key}= is set {} times", v.len());
+        v[0].clone()
+    };
+    // What distlink exits with when it refuses to start, or on a bad
+    // configuration (the binary is asked, not assumed).
+    let env = common::Env::new(&["a", "b"]);
+    env.fetch("a", "f", b"files but no record");
+    let refusal = common::Env::output(env.command("run", &[])).0;
+    let cfg = env.config("setle = \"5s\"\n");
+    let cfg = cfg.to_str().unwrap();
+    let bad_config = common::Env::output(env.command("run", &["--config", cfg])).0;
+    assert_eq!(refusal, bad_config);
+    let refusal = refusal.expect("an exit code");
+    // Restarted on failure, except that one.
+    assert_eq!(one("Service", "Restart"), "on-failure");
+    let prevent = one("Service", "RestartPreventExitStatus");
+    assert!(
+        prevent.split_whitespace().any(|c| c == refusal.to_string()),
+        "RestartPreventExitStatus={prevent} lacks {refusal}, so a refusal is restarted forever"
+    );
+    // A check in ExecStartPre= would be restarted: RestartPreventExitStatus=
+    // looks at the main process only.
+    assert!(
+        !unit.contains_key(&("Service".into(), "ExecStartPre".into())),
+        "ExecStartPre= fails are restarted regardless of RestartPreventExitStatus="
+    );
+    // A daemon that keeps dying for another reason: the start limit is
+    // reached long before its interval is over.
+    let burst: u64 = one("Unit", "StartLimitBurst").parse().unwrap();
+    let interval = seconds(&one("Unit", "StartLimitIntervalSec"));
+    let delay = seconds(&one("Service", "RestartSec"));
+    assert!(
+        burst >= 2 && burst * delay < interval,
+        "{burst} starts {delay} s apart fit in {interval} s only if the limit bites"
+    );
+    // A reload checks the configuration first, then signals the daemon.
+    let start = one("Service", "ExecStart");
+    let reload = &unit[&("Service".to_string(), "ExecReload".to_string())];
+    assert_eq!(
+        reload,
+        &vec![
+            start.replace(" run ", " run --check "),
+            "/bin/kill -HUP $MAINPID".to_string()
+        ]
+    );
+}
+
+/// `systemd-analyze security` of the unit before the restart rules were
+/// added: it may only get better.
+const SECURITY_EXPOSURE: f64 = 1.8;
+
+#[test]
+fn the_systemd_unit_stays_as_sandboxed_as_it_was() {
+    if !have("systemd-analyze") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("distlink.service");
+    let unit = std::fs::read_to_string(repo("systemd/distlink.service")).unwrap();
+    std::fs::write(&copy, unit.replace("/usr/bin/distlink", common::bin())).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for distlink.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(
+        level <= SECURITY_EXPOSURE,
+        "systemd-analyze security: exposure {level} > {SECURITY_EXPOSURE}:\n{text}"
+    );
+}
+
 #[test]
 fn the_openrc_script_parses_and_passes_shellcheck() {
     let script = std::fs::read_to_string(repo("openrc/distlink")).unwrap();
@@ -112,9 +242,14 @@ fn the_openrc_script_parses_and_passes_shellcheck() {
     for want in [
         "supervisor=\"supervise-daemon\"",
         "extra_started_commands=\"reload\"",
+        "extra_commands=\"checkconfig\"",
         "need localmount",
         "before nfs",
         "--signal HUP",
+        "run --check",
+        ": \"${respawn_max:=3}\"",
+        ": \"${respawn_period:=60}\"",
+        "checkpath --directory --owner root:root --mode 0700",
     ] {
         assert!(script.contains(want), "openrc/distlink lacks {want:?}");
     }

@@ -425,3 +425,5 @@ pub fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
 pub fn umount(dir: &Path) {
     let _ = Command::new("umount").arg(dir).status();
 }
+pub mod openrc;
+pub mod startup;
