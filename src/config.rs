@@ -41,6 +41,9 @@ pub struct Config {
     pub dedupe: bool,
     pub watch: WatchMode,
     pub log_format: LogFormat,
+    /// `run`: wait for the state lock instead of refusing when another
+    /// daemon holds it (the standby of an active/standby pair).
+    pub standby: bool,
     /// The file this came from, if any (re-read on SIGHUP).
     pub file: Option<PathBuf>,
 }
@@ -68,6 +71,7 @@ struct FileConfig {
     ignore: Option<Vec<String>>,
     dedupe: Option<bool>,
     log_format: Option<LogFormat>,
+    standby: Option<bool>,
     watch: Option<WatchTable>,
 }
 
@@ -203,6 +207,7 @@ impl Config {
             dedupe: f.dedupe.unwrap_or(true),
             watch,
             log_format: ov.log_format.or(f.log_format).unwrap_or_default(),
+            standby: f.standby.unwrap_or(false),
             file,
         })
     }

@@ -45,11 +45,27 @@ const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// root whose host dirs already hold files is refused: guessing would
 /// either resurrect prunes or strand files.
 pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
+    open_engine_or_wait(cfg, adopt, None)?
+        .ok_or_else(|| Error::Refused("the state lock is held by another process".into()))
+}
+
+/// [`open_engine`]; with `wait`, a lock held by another process is waited
+/// for (see [`Store::open_for_root_or_wait`]): `None` when the wait was
+/// given up.
+fn open_engine_or_wait(
+    cfg: &Config,
+    adopt: bool,
+    wait: Option<&mut dyn FnMut(Option<u32>) -> bool>,
+) -> Result<Option<Engine>> {
     // The record is opened, and checked to describe this root, before any
     // host dir is created: an unmounted root must not be filled with new
     // empty host dirs that would make the record forget every file.
     let mut layout = Layout::open_root(&cfg.root)?;
-    let mut store = Store::open_for_root(&cfg.state_dir, &cfg.root, layout.root_fd(), adopt)?;
+    let Some(mut store) =
+        Store::open_for_root_or_wait(&cfg.state_dir, &cfg.root, layout.root_fd(), adopt, wait)?
+    else {
+        return Ok(None);
+    };
     layout.open_hosts(&cfg.hosts)?;
     identity::announce(&layout);
     identity::upgrade_record(&layout, &mut store);
@@ -99,8 +115,56 @@ pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
         engine.commit()?;
         tracing::info!(state = %quote::path(engine.store.path()), "fresh start: new record created");
     }
+    Ok(Some(engine))
+}
+
+/// How often a standby looks whether the lock was let go.
+const STANDBY_POLL: Duration = Duration::from_millis(250);
+
+/// `run --standby`: opens the engine, waiting (instead of refusing) while
+/// another process holds the state lock, e.g. the active daemon of a pair
+/// on another machine sharing the state dir on CephFS. Logs once that it
+/// stands by; keeps a service manager's start timeout from running out
+/// meanwhile. `None` when SIGTERM/SIGINT came first. Once the lock is
+/// taken, the start-up continues as usual: a full reconcile, then `ready`.
+fn stand_by(cfg: &Config, signals: &mut Signals) -> Result<Option<Engine>> {
+    let mut told = false;
+    let mut extended: Option<Instant> = None;
+    let mut wait = |holder: Option<u32>| {
+        if !told {
+            told = true;
+            let holder = holder.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            tracing::info!(state_dir = %quote::path(&cfg.state_dir), holder = %holder,
+                "standing by: another distlink process holds the state lock; taking over when it lets go");
+            sd_notify(&format!(
+                "STATUS=standing by: the state lock is held (pid {holder})"
+            ));
+        }
+        if extended.is_none_or(|t| t.elapsed() >= STANDBY_EXTEND / 2) {
+            extended = Some(Instant::now());
+            sd_notify(&format!(
+                "EXTEND_TIMEOUT_USEC={}",
+                STANDBY_EXTEND.as_micros()
+            ));
+        }
+        let mut fds = [PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
+        let _ = nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(STANDBY_POLL).unwrap_or(PollTimeout::NONE),
+        );
+        signals.drain();
+        !signals.term.load(Ordering::Relaxed)
+    };
+    let engine = open_engine_or_wait(cfg, false, Some(&mut wait))?;
+    if engine.is_some() && told {
+        tracing::info!("taking over: the state lock is ours");
+    }
     Ok(engine)
 }
+
+/// How far each notice of a standby pushes a service manager's start
+/// timeout back.
+const STANDBY_EXTEND: Duration = Duration::from_secs(30);
 
 /// What `sync` did.
 #[derive(Debug, Clone, Default)]
@@ -238,7 +302,17 @@ impl Signals {
 /// `distlink run`: reconcile, then follow events until SIGTERM/SIGINT.
 pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     let mut signals = Signals::install()?;
-    let mut engine = open_engine(&cfg, false)?;
+    let mut engine = if cfg.standby {
+        match stand_by(&cfg, &mut signals)? {
+            Some(engine) => engine,
+            None => {
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            }
+        }
+    } else {
+        open_engine(&cfg, false)?
+    };
     // Byte comparisons (which a client can make as slow as it likes) never
     // hold up the event loop.
     engine.compare_in_background().map_err(|e| Error::Io {

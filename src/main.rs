@@ -21,7 +21,14 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the daemon: reconcile, then follow every host dir until SIGTERM.
-    Run(Common),
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// While another daemon holds the state lock, wait and take over
+        /// when it stops, instead of exiting (config: `standby = true`).
+        #[arg(long)]
+        standby: bool,
+    },
     /// One reconcile pass over all hosts, then exit.
     Sync {
         #[command(flatten)]
@@ -258,8 +265,9 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
                 ExitCode::from(1)
             }
         },
-        Cmd::Run(common) => {
-            let (cfg, ov) = load(&common.src, &common.hosts)?;
+        Cmd::Run { common, standby } => {
+            let (mut cfg, ov) = load(&common.src, &common.hosts)?;
+            cfg.standby |= standby;
             match daemon::run(cfg, ov) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),

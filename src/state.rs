@@ -12,8 +12,7 @@ use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::Flock;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use crate::statedir::{PID_NAME, StateDir};
 use rusqlite::{Connection, OpenFlags, params};
@@ -461,7 +460,7 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     dir: StateDir,
-    _lock: Flock<OwnedFd>,
+    _lock: crate::statedir::Lock,
     rec: Record,
     ops: Vec<Op>,
     /// Opened for appending; emptied by every commit.
@@ -655,6 +654,10 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store> {
         let dir = StateDir::open(state_dir)?;
         let lock = dir.lock()?;
+        Store::open_locked(dir, lock)
+    }
+
+    fn open_locked(dir: StateDir, lock: crate::statedir::Lock) -> Result<Store> {
         for name in [DB_NAME, DB_JOURNAL_NAME, JOURNAL_NAME, PID_NAME] {
             dir.check_file(name)?;
         }
@@ -709,13 +712,38 @@ impl Store {
         root_fd: std::os::fd::BorrowedFd<'_>,
         rebind: bool,
     ) -> Result<Store> {
+        Store::open_for_root_or_wait(state_dir, root, root_fd, rebind, None)?
+            .ok_or_else(|| Error::Refused("the state lock is held by another process".into()))
+    }
+
+    /// [`Store::open_for_root`]; with `wait`, while another process holds
+    /// the lock, calls `wait(its pid)` and tries again for as long as it
+    /// returns true (`None` once it returned false), instead of refusing.
+    pub fn open_for_root_or_wait(
+        state_dir: &Path,
+        root: &Path,
+        root_fd: std::os::fd::BorrowedFd<'_>,
+        rebind: bool,
+        mut wait: Option<&mut dyn FnMut(Option<u32>) -> bool>,
+    ) -> Result<Option<Store>> {
         let rst = fsops::stat_fd(root_fd).map_err(|e| Error::sys(root, e))?;
         // Refused before anything is created inside the root.
-        StateDir::open_outside(state_dir, Some((root, (rst.dev, rst.ino))))?;
-        let mut store = Store::open(state_dir)?;
+        let dir = StateDir::open_outside(state_dir, Some((root, (rst.dev, rst.ino))))?;
+        let lock = loop {
+            match (dir.try_lock()?, wait.as_mut()) {
+                (Ok(lock), _) => break lock,
+                (Err(holder), Some(wait)) => {
+                    if !wait(holder) {
+                        return Ok(None);
+                    }
+                }
+                (Err(holder), None) => return Err(dir.held_by(holder)),
+            }
+        };
+        let mut store = Store::open_locked(dir, lock)?;
         let now = RootId::of(root_fd).map_err(|e| Error::sys(root, e))?;
         store.bind_root(root, &now, rebind)?;
-        Ok(store)
+        Ok(Some(store))
     }
 
     fn bind_root(&mut self, root: &Path, now: &RootId, rebind: bool) -> Result<()> {
