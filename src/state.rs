@@ -402,7 +402,10 @@ impl RootId {
             ino: st.ino,
             birth: (fsops::Identity::of_stamp(st.birth_ns) == fsops::Identity::BirthTime)
                 .then_some(st.birth_ns),
-            fsid: vfs.filesystem_id() as u64,
+            fsid: match vfs.filesystem_id() as u64 {
+                0 => ceph_cluster_fsid(fd).unwrap_or(0),
+                id => id,
+            },
             dev: st.dev,
         })
     }
@@ -453,6 +456,34 @@ impl RootId {
             _ => self.dev == now.dev,
         }
     }
+}
+
+/// The id of the Ceph cluster a CephFS directory belongs to (its
+/// `ceph.cluster_fsid`, folded to 64 bits), where the filesystem reports
+/// none of its own: ceph-fuse gives every mount its own device number and
+/// no birth times, so this, with the directory's inode number (the same
+/// through every client), is what tells one CephFS root apart through any
+/// machine's mount — a standby on another machine accepts the record the
+/// active one wrote.
+fn ceph_cluster_fsid(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 64];
+    // SAFETY: the buffer outlives the call and its length is passed.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            c"ceph.cluster_fsid".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let text = buf.get(..usize::try_from(n).ok()?)?;
+    let hex: Vec<u8> = text.iter().copied().filter(u8::is_ascii_hexdigit).collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let half = |h: &[u8]| u64::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok();
+    Some(half(&hex[..16])? ^ half(&hex[16..])?).filter(|&id| id != 0)
 }
 
 /// The record, opened for writing (holds the state lock).
