@@ -12,9 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::config::{Config, Overrides, WatchMode};
+use crate::config::{Config, Overrides};
 use crate::engine::{self, Arrival, Engine};
 use crate::error::{Error, Result};
+use crate::fskind::{self, Chosen};
 use crate::fsops;
 use crate::identity;
 use crate::layout::Layout;
@@ -251,6 +252,8 @@ struct Daemon {
     overrides: Overrides,
     engine: Engine,
     watcher: Option<Watcher>,
+    /// The watch mode in use, and why it was chosen.
+    mode: fskind::Choice,
     settler: Settler,
     ready: Ready,
     rescan: bool,
@@ -302,6 +305,9 @@ impl Signals {
 /// `distlink run`: reconcile, then follow events until SIGTERM/SIGINT.
 pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     let mut signals = Signals::install()?;
+    // The watch mode is decided (an explicit inotify on a network
+    // filesystem refused) before a standby starts waiting.
+    let mode = watch_mode(&cfg)?;
     let mut engine = if cfg.standby {
         match stand_by(&cfg, &mut signals)? {
             Some(engine) => engine,
@@ -322,8 +328,8 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     // SIGTERM/SIGINT also cut the start-up reconcile (and any later full
     // scan or seeding) short.
     engine.stop_on(signals.term.clone());
-    let watcher = match cfg.watch {
-        WatchMode::Inotify => {
+    let watcher = match mode.mode {
+        Chosen::Inotify => {
             let mut w = Watcher::new().map_err(|e| Error::Io {
                 path: "inotify".into(),
                 source: e,
@@ -331,7 +337,7 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
             w.watch_all(&engine.layout)?;
             Some(w)
         }
-        WatchMode::Poll(_) => None,
+        Chosen::Poll(_) => None,
     };
     let mut settler = Settler::new(cfg.settle);
     // Whether a file is still open for writing is asked with a read lease
@@ -339,10 +345,11 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     settler.set_probe_writers(true);
     let mut d = Daemon {
         settler,
-        next_poll: match cfg.watch {
-            WatchMode::Poll(iv) => Some(Instant::now() + iv),
-            WatchMode::Inotify => None,
+        next_poll: match mode.mode {
+            Chosen::Poll(iv) => Some(Instant::now() + iv),
+            Chosen::Inotify => None,
         },
+        mode,
         cfg,
         overrides,
         engine,
@@ -385,6 +392,21 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     Ok(())
 }
 
+/// The start-up check of the watch mode: which one `[watch]` gives for the
+/// filesystem of the host dirs (the first one that exists, else the root),
+/// or a refusal (exit 2) of inotify where the kernel does not see every
+/// write. Nothing is created before it.
+pub fn watch_mode(cfg: &Config) -> Result<fskind::Choice> {
+    let layout = Layout::open_root(&cfg.root)?;
+    let host = cfg
+        .hosts
+        .iter()
+        .find_map(|h| fsops::open_dir_at(layout.root_fd(), std::ffi::OsStr::new(h)).ok());
+    let fd = host.as_ref().map_or(layout.root_fd(), |h| h.as_fd());
+    let kind = fskind::probe(fd).map_err(|e| Error::sys(&cfg.root, e))?;
+    fskind::choose(&cfg.watch, &kind, &cfg.root)
+}
+
 /// Returns the memory a full scan used (tens of MiB at 100,000s of names)
 /// to the system: the daemon lives on and would otherwise keep it.
 fn give_back_memory() {
@@ -424,6 +446,8 @@ impl Daemon {
             root = %quote::path(&self.engine.layout.root),
             files = self.engine.store.file_count(),
             mode = if self.watcher.is_some() { "inotify" } else { "poll" },
+            fs = %self.mode.fs_type,
+            why = self.mode.why,
             unsettled,
             "ready"
         );
@@ -484,9 +508,12 @@ impl Daemon {
             if !self.ready.is_empty() {
                 deadline = now;
             }
+            // Rounded up: rounded down, the loop would wake (and find
+            // nothing due) once more per millisecond before a deadline.
             let wait_ms = deadline
                 .saturating_duration_since(now)
-                .as_millis()
+                .as_micros()
+                .div_ceil(1000)
                 .min(60_000) as u16;
             logbuf::flush();
             {
@@ -518,7 +545,8 @@ impl Daemon {
                     self.watcher = None;
                     self.engine.track_echoes(false);
                     self.next_poll = Some(Instant::now());
-                    self.cfg.watch = WatchMode::Poll(crate::config::DEFAULT_POLL);
+                    self.mode.mode = Chosen::Poll(self.cfg.watch.interval);
+                    self.mode.why = "inotify failed";
                     Vec::new()
                 }
                 None => Vec::new(),
@@ -691,7 +719,7 @@ impl Daemon {
             && t <= now
         {
             self.full_scan(false);
-            if let WatchMode::Poll(iv) = self.cfg.watch {
+            if let Chosen::Poll(iv) = self.mode.mode {
                 self.next_poll = Some(Instant::now() + iv);
             }
         }
