@@ -415,3 +415,4 @@ pub fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
 pub fn umount(dir: &Path) {
     let _ = Command::new("umount").arg(dir).status();
 }
+pub mod ceph;
