@@ -152,6 +152,12 @@ impl Cluster {
     /// on `dir` and starts a cluster there. The error says which step
     /// failed, with the end of the daemons' logs.
     pub fn start(dir: &Path) -> Result<Cluster, String> {
+        Cluster::start_with(dir, 3300, "")
+    }
+
+    /// [`Cluster::start`] with the mon on another port (two clusters in
+    /// one namespace) and extra `[global]` settings (`key = value` lines).
+    pub fn start_with(dir: &Path, port: u16, extra: &str) -> Result<Cluster, String> {
         let t0 = Instant::now();
         run(Command::new("ip").args(["link", "set", "lo", "up"]))?;
         run(Command::new("mount")
@@ -162,7 +168,7 @@ impl Cluster {
         for sub in ["mon", "osd", "mds", "mgr", "run", "node1", "node2"] {
             fs::create_dir(dir.join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
         }
-        fs::write(&conf, config(dir, &fsid)).map_err(|e| format!("ceph.conf: {e}"))?;
+        fs::write(&conf, config(dir, &fsid, port, extra)).map_err(|e| format!("ceph.conf: {e}"))?;
         let mut c = Cluster {
             dir: dir.to_path_buf(),
             conf: conf.clone(),
@@ -295,12 +301,12 @@ fn uuid(dir: &Path) -> Result<String, String> {
         .map_err(|e| format!("{}: no uuid: {e}", dir.display()))
 }
 
-fn config(dir: &Path, fsid: &str) -> String {
+fn config(dir: &Path, fsid: &str, port: u16, extra: &str) -> String {
     let d = dir.display();
     format!(
         "[global]\n\
          fsid = {fsid}\n\
-         mon host = v2:127.0.0.1:3300\n\
+         mon host = v2:127.0.0.1:{port}\n\
          mon initial members = a\n\
          public addr = 127.0.0.1\n\
          auth cluster required = none\n\
@@ -316,6 +322,7 @@ fn config(dir: &Path, fsid: &str) -> String {
          pid file = {d}/run/$name.pid\n\
          log file = {d}/run/$name.log\n\
          admin socket = {d}/run/$name.asok\n\
+         {extra}\n\
          [mon.a]\nmon data = {d}/mon\n\
          [osd.0]\nosd data = {d}/osd\n\
          [mds.a]\nmds data = {d}/mds\n\
