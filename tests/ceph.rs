@@ -271,6 +271,109 @@ fn standby_takes_over(cluster: &Cluster, work: &Path) {
     eprintln!("ceph: the standby on node 2 took over {took:?} after kill -9 of the active one");
 }
 
+/// A background server, stopped when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            Signal::SIGTERM,
+        );
+        let end = Instant::now() + Duration::from_secs(5);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Clients → NFS gateway → CephFS: nfs-ganesha with its Ceph backend
+/// exports one host dir (a third CephFS client, in the gateway's own
+/// process); an NFSv4 client fetches and prunes through it while distlink
+/// polls on node 1's ceph-fuse mount.
+fn through_an_nfs_gateway(cluster: &Cluster, work: &Path) {
+    let site = Site::new(cluster, work, "gateway", &["a", "b", "c"]);
+    let n1 = &site.node1;
+    let gw = work.join("ganesha");
+    fs::create_dir(&gw).unwrap();
+    let conf = gw.join("ganesha.conf");
+    fs::write(
+        &conf,
+        format!(
+            "NFS_CORE_PARAM {{ Protocols = 4; Enable_NLM = false; Enable_RQUOTA = false; \
+             Enable_UDP = false; }}\n\
+             NFSv4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = {rec}; }}\n\
+             CEPH {{ Ceph_Conf = {ceph}; }}\n\
+             EXPORT {{ Export_Id = 1; Path = /gateway/distfiles/a; Pseudo = /export/a; \
+             Access_Type = RW; Squash = No_Root_Squash; SecType = sys; Transports = TCP; \
+             Protocols = 4; Attr_Expiration_Time = 0; \
+             FSAL {{ Name = CEPH; User_Id = \"gateway\"; }} \
+             CLIENT {{ Clients = 127.0.0.1; Access_Type = RW; }} }}\n",
+            rec = gw.display(),
+            ceph = cluster.conf().display()
+        ),
+    )
+    .unwrap();
+    for d in ["/run/ganesha", "/run/rpcbind"] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let _rpcbind = Server(
+        std::process::Command::new("rpcbind")
+            .args(["-f", "-w"])
+            .spawn()
+            .expect("rpcbind"),
+    );
+    let log = gw.join("ganesha.log");
+    let _ganesha = Server(
+        std::process::Command::new("ganesha.nfsd")
+            .args(["-F", "-f"])
+            .arg(&conf)
+            .arg("-L")
+            .arg(&log)
+            .arg("-p")
+            .arg(gw.join("ganesha.pid"))
+            .args(["-N", "NIV_EVENT"])
+            .spawn()
+            .expect("ganesha.nfsd"),
+    );
+    let d = n1.start();
+    let mut client = None;
+    let connected = wait_until(Duration::from_secs(30), || {
+        client = nfs::v4::blocking::Client::connect("127.0.0.1").ok();
+        client.is_some()
+    });
+    assert!(
+        connected,
+        "cannot connect to the gateway; its log:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    let mut c = client.expect("connected");
+    let name = "gateway-1.0.tar.gz";
+    let temp = format!("/export/a/{name}.__download__");
+    let data = payload(3, 200_000);
+    c.write(&temp, &data)
+        .expect("NFS write through the gateway");
+    c.rename(&temp, &format!("/export/a/{name}"))
+        .expect("NFS rename through the gateway");
+    n1.wait_everywhere(name);
+    assert_eq!(fs::read(n1.path("c", name)).unwrap(), data);
+    for h in ["b", "c"] {
+        assert!(!n1.exists(h, format!("{name}.__download__")));
+    }
+    // The gateway's client prunes its own dir: it stays pruned.
+    c.remove(&format!("/export/a/{name}"))
+        .expect("NFS remove through the gateway");
+    assert!(wait_until(WAIT, || !n1.exists("a", name)));
+    n1.stays_absent("a", name);
+    assert!(n1.exists("b", name));
+    drop(d);
+    eprintln!(
+        "ceph: a download over NFS through a Ceph gateway reached every host; its prune stayed"
+    );
+}
+
 fn inner() {
     // A tmpfs over /tmp, private to the namespace: the cluster's files and
     // every scenario's state vanish with it, even after a kill. (Not where
@@ -286,6 +389,12 @@ fn inner() {
         .as_ref()
         .map_or(Path::new("/tmp"), |t| t.path())
         .to_path_buf();
+    // /run too: the gateway's rpcbind and ganesha keep their sockets there.
+    let run = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(run, "cannot mount a private tmpfs on /run");
     let cluster = match Cluster::start(&cluster_dir) {
         Ok(c) => c,
         Err(e) => {
@@ -307,6 +416,7 @@ fn inner() {
         ("prunes", prunes_stay_gone),
         ("modes", auto_polls_and_inotify_is_refused),
         ("standby", standby_takes_over),
+        ("gateway", through_an_nfs_gateway),
     ] {
         let s = Instant::now();
         scenario(&cluster, &scratch);

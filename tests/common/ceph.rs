@@ -31,6 +31,8 @@ const TOOLS: &[&str] = &[
     "ceph-fuse",
     "ceph",
     "fusermount3",
+    "ganesha.nfsd",
+    "rpcbind",
 ];
 
 /// Why the CephFS suite cannot run here, if it cannot.
@@ -41,10 +43,18 @@ pub fn missing_prerequisite() -> Option<String> {
     if !Path::new("/dev/fuse").exists() {
         return Some("/dev/fuse is missing".into());
     }
+    let fsal = fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .any(|d| d.path().join("ganesha/libfsalceph.so").exists());
+    if !fsal {
+        return Some("nfs-ganesha's Ceph backend is missing (Debian: nfs-ganesha-ceph)".into());
+    }
     TOOLS.iter().find(|t| !on_path(t)).map(|t| {
         format!(
             "{t} not found (Debian: ceph-mon ceph-osd ceph-mds ceph-mgr ceph-fuse ceph-common \
-             fuse3 iproute2)"
+             fuse3 iproute2 nfs-ganesha nfs-ganesha-ceph rpcbind)"
         )
     })
 }
@@ -231,6 +241,11 @@ impl Cluster {
         let mut c = Command::new(tool);
         c.arg("-c").arg(&self.conf);
         c
+    }
+
+    /// The cluster's `ceph.conf`.
+    pub fn conf(&self) -> &Path {
+        &self.conf
     }
 
     /// Runs the `ceph` command-line tool against the cluster.
