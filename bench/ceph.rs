@@ -245,7 +245,7 @@ fn inner(o: &Opts) -> String {
 
     // With the MDS's default settings.
     fs::create_dir("/tmp/a").unwrap();
-    let a = ceph::Cluster::start_with(Path::new("/tmp/a"), 3300, "")
+    let a = ceph::Cluster::start_with(Path::new("/tmp/a"), "")
         .unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
     eprintln!("cluster (defaults) up in {:?}", a.started_in);
     let local = Path::new("/tmp/local-a");
@@ -270,7 +270,7 @@ fn inner(o: &Opts) -> String {
 
     // With mds_early_reply = false (see docs/admin.md).
     fs::create_dir("/tmp/b").unwrap();
-    let b = ceph::Cluster::start_with(Path::new("/tmp/b"), 3301, "mds early reply = false")
+    let b = ceph::Cluster::start_with(Path::new("/tmp/b"), "mds early reply = false")
         .unwrap_or_else(|e| panic!("the cluster did not start: {e}"));
     eprintln!("cluster (mds early reply = false) up in {:?}", b.started_in);
     let local = Path::new("/tmp/local-b");

@@ -162,12 +162,12 @@ impl Cluster {
     /// on `dir` and starts a cluster there. The error says which step
     /// failed, with the end of the daemons' logs.
     pub fn start(dir: &Path) -> Result<Cluster, String> {
-        Cluster::start_with(dir, 3300, "")
+        Cluster::start_with(dir, "")
     }
 
-    /// [`Cluster::start`] with the mon on another port (two clusters in
-    /// one namespace) and extra `[global]` settings (`key = value` lines).
-    pub fn start_with(dir: &Path, port: u16, extra: &str) -> Result<Cluster, String> {
+    /// [`Cluster::start`] with extra `[global]` settings (`key = value`
+    /// lines). One cluster at a time: the mon listens on 127.0.0.1:3300.
+    pub fn start_with(dir: &Path, extra: &str) -> Result<Cluster, String> {
         let t0 = Instant::now();
         run(Command::new("ip").args(["link", "set", "lo", "up"]))?;
         run(Command::new("mount")
@@ -178,7 +178,7 @@ impl Cluster {
         for sub in ["mon", "osd", "mds", "mgr", "run", "node1", "node2"] {
             fs::create_dir(dir.join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
         }
-        fs::write(&conf, config(dir, &fsid, port, extra)).map_err(|e| format!("ceph.conf: {e}"))?;
+        fs::write(&conf, config(dir, &fsid, extra)).map_err(|e| format!("ceph.conf: {e}"))?;
         let mut c = Cluster {
             dir: dir.to_path_buf(),
             conf: conf.clone(),
@@ -286,14 +286,31 @@ impl Drop for Cluster {
                 .stderr(Stdio::null())
                 .status();
         }
+        use nix::sys::signal::{Signal, kill};
+        use nix::sys::wait::{WaitPidFlag, waitpid};
+        use nix::unistd::Pid;
+        let mut pids = Vec::new();
         for name in ["mds.a", "mgr.x", "osd.0", "mon.a"] {
             let pid = fs::read_to_string(self.dir.join("run").join(format!("{name}.pid")));
             if let Some(pid) = pid.ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                pids.push(Pid::from_raw(pid));
             }
+        }
+        // Gone before the next cluster takes the ports. In the pid
+        // namespace this process is the first one: the daemons (which fork
+        // into the background) are its children once orphaned, and are
+        // reaped here.
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end && pids.iter().any(|&p| kill(p, None).is_ok()) {
+            for &p in &pids {
+                let _ = waitpid(p, Some(WaitPidFlag::WNOHANG));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for &p in &pids {
+            let _ = kill(p, Signal::SIGKILL);
+            let _ = waitpid(p, Some(WaitPidFlag::WNOHANG));
         }
     }
 }
@@ -316,12 +333,12 @@ fn uuid(dir: &Path) -> Result<String, String> {
         .map_err(|e| format!("{}: no uuid: {e}", dir.display()))
 }
 
-fn config(dir: &Path, fsid: &str, port: u16, extra: &str) -> String {
+fn config(dir: &Path, fsid: &str, extra: &str) -> String {
     let d = dir.display();
     format!(
         "[global]\n\
          fsid = {fsid}\n\
-         mon host = v2:127.0.0.1:{port}\n\
+         mon host = v2:127.0.0.1:3300\n\
          mon initial members = a\n\
          public addr = 127.0.0.1\n\
          auth cluster required = none\n\
