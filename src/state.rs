@@ -477,9 +477,20 @@ fn ceph_cluster_fsid(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
             buf.len(),
         )
     };
-    let text = buf.get(..usize::try_from(n).ok()?)?;
+    fold_uuid(buf.get(..usize::try_from(n).ok()?)?)
+}
+
+/// A UUID in text form, its two 64-bit halves xor-ed; `None` for anything
+/// else (or an all-zero result, which means "no id").
+fn fold_uuid(text: &[u8]) -> Option<u64> {
+    let text = text
+        .trim_ascii_end()
+        .strip_suffix(b"\0")
+        .unwrap_or(text)
+        .trim_ascii_end();
     let hex: Vec<u8> = text.iter().copied().filter(u8::is_ascii_hexdigit).collect();
-    if hex.len() != 32 {
+    let dashes = text.iter().filter(|&&b| b == b'-').count();
+    if hex.len() != 32 || hex.len() + dashes != text.len() {
         return None;
     }
     let half = |h: &[u8]| u64::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok();
@@ -1721,5 +1732,28 @@ mod tests {
         assert!(!s.remove("b"), "second remove of b");
         assert_eq!(s.clone().into_iter().collect::<Vec<_>>(), ["a", "c"]);
         assert!(s.remove("a") && s.remove("c") && s.is_empty());
+    }
+
+    #[test]
+    fn a_ceph_cluster_fsid_folds_to_one_nonzero_id() {
+        let a = super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e7");
+        assert_eq!(a, Some(0x683ab17b31034d40 ^ 0x8be5706f8cebf5e7));
+        assert_ne!(a, super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e8"));
+        assert_eq!(
+            super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e"),
+            None
+        );
+        assert_eq!(
+            super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e7\0\n"),
+            a
+        );
+        assert_eq!(
+            super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e7 x"),
+            None
+        );
+        assert_eq!(
+            super::fold_uuid(b"00000000-0000-0000-0000-000000000000"),
+            None
+        );
     }
 }
