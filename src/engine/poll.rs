@@ -181,11 +181,11 @@ impl Engine {
             };
             let stamp = Some((st.mtime_ns, st.ctime_ns));
             let moved = state.stamp != stamp;
-            if moved || state.recheck.is_some_and(|r| at >= r) {
-                if self.relist(p, i, &mut state, &mut t) {
-                    state.stamp = stamp;
-                    state.recheck = moved.then_some(at + grain);
-                }
+            if (moved || state.recheck.is_some_and(|r| at >= r))
+                && self.relist(p, i, &mut state, &mut t)
+            {
+                state.stamp = stamp;
+                state.recheck = moved.then_some(at + grain);
             }
             p.dirs[i] = Some(state);
         }
