@@ -13,12 +13,13 @@
 //! but a listing is skipped.
 //!
 //! Timestamp granularity: a change made within one clock tick of a listing
-//! may leave the stamp as it was. So once a listing saw the stamp move, the
-//! dir is listed once more at the first tick at least one "grain" after it
-//! (2 s where stamps are whole seconds or the filesystem is remote, whose
-//! stamps come from another clock and may lag; 50 ms otherwise): any change
-//! after that listing is at least a grain after the one that set the stamp,
-//! so it moves the stamp.
+//! may leave the stamp as it was. So when a listing saw the stamp move to a
+//! value within one "grain" of the local clock (2 s where stamps are whole
+//! seconds, 50 ms otherwise), the dir is listed once more at the first tick
+//! at least a grain later: any change after that listing is at least a
+//! grain after the one that set the stamp, so it moves the stamp. On a
+//! remote filesystem the stamps come from another clock (and may lag), so
+//! there a dir whose stamp moved is always listed once more, 2 s later.
 //!
 //! What this misses, a full scan (`[watch] full_scan_every`, SIGHUP) finds:
 //! a name removed and created again on the same inode number between two
@@ -26,7 +27,7 @@
 
 use std::ffi::OsString;
 use std::hash::BuildHasher;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 
@@ -109,6 +110,21 @@ impl Poller {
         }
     }
 
+    /// When a dir whose stamp moved must be listed once more: a grain
+    /// after `at` (the `statx` before the listing, at wall time `wall`),
+    /// unless the stamp is already a grain older than the local clock
+    /// (then any later change gets a later stamp). A remote filesystem's
+    /// stamps come from another clock: always.
+    fn recheck(&self, st: &FileStat, at: Instant, wall: SystemTime) -> Option<Instant> {
+        let grain = self.grain(st);
+        let stamp = st.mtime_ns.max(st.ctime_ns);
+        let now = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let old = stamp.saturating_add(grain.as_nanos() as i64) <= now;
+        (self.remote || !old).then_some(at + grain)
+    }
+
     fn key(&self, name: &std::ffi::OsStr, ino: u64) -> u64 {
         self.hasher
             .hash_one((std::os::unix::ffi::OsStrExt::as_bytes(name), ino))
@@ -122,7 +138,7 @@ impl Engine {
     pub fn poll_baseline(&self, p: &mut Poller) {
         p.dirs.clear();
         for i in 0..self.layout.hosts.len() {
-            let at = Instant::now();
+            let (at, wall) = (Instant::now(), SystemTime::now());
             let h = &self.layout.hosts[i];
             let state = fsops::stat_at(self.layout.root_fd(), h.name.as_ref())
                 .ok()
@@ -141,7 +157,7 @@ impl Engine {
                         stamp: Some((st.mtime_ns, st.ctime_ns)),
                         // The full scan that follows lists it: whatever
                         // changes within a grain of this is seen once more.
-                        recheck: Some(at + p.grain(&st)),
+                        recheck: p.recheck(&st, at, wall),
                         seen,
                         error: None,
                     })
@@ -157,7 +173,7 @@ impl Engine {
         let mut t = Tick::default();
         p.dirs.resize_with(self.layout.hosts.len(), || None);
         for i in 0..self.layout.hosts.len() {
-            let at = Instant::now();
+            let (at, wall) = (Instant::now(), SystemTime::now());
             let h = &self.layout.hosts[i];
             t.looked += 1;
             let st = match fsops::stat_at(self.layout.root_fd(), h.name.as_ref()) {
@@ -167,7 +183,6 @@ impl Engine {
                     continue;
                 }
             };
-            let grain = p.grain(&st);
             let mut state = match p.dirs[i].take() {
                 Some(s) if s.ino == st.ino && s.dev == st.dev => s,
                 _ => DirState {
@@ -185,7 +200,11 @@ impl Engine {
                 && self.relist(p, i, &mut state, &mut t)
             {
                 state.stamp = stamp;
-                state.recheck = moved.then_some(at + grain);
+                state.recheck = if moved {
+                    p.recheck(&st, at, wall)
+                } else {
+                    None
+                };
             }
             p.dirs[i] = Some(state);
         }
@@ -244,5 +263,55 @@ impl Engine {
         state.seen = seen;
         tracing::debug!(host = %h.name, entries = entries.len(), new, "host dir changed; listed again");
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_stat(mtime_ns: i64) -> FileStat {
+        FileStat {
+            dev: 1,
+            ino: 2,
+            size: 4096,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+            birth_ns: 0,
+            mnt_id: 0,
+            mode: libc::S_IFDIR | 0o755,
+            nlink: 2,
+        }
+    }
+
+    const SEC: i64 = 1_000_000_000;
+
+    #[test]
+    fn a_stamp_within_a_grain_of_the_listing_is_listed_once_more_a_grain_later() {
+        let at = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let now = 1_000_000 * SEC;
+        let local = Poller::new(false);
+        // Sub-second stamps: the grain is 50 ms.
+        assert_eq!(
+            local.recheck(&dir_stat(now - 10_000_000 + 1), at, wall),
+            Some(at + FINE)
+        );
+        assert_eq!(
+            local.recheck(&dir_stat(now - 60_000_000 + 1), at, wall),
+            None
+        );
+        // Whole seconds: 2 s, and the stamp is the start of its second.
+        assert_eq!(
+            local.recheck(&dir_stat(now - SEC), at, wall),
+            Some(at + COARSE)
+        );
+        assert_eq!(local.recheck(&dir_stat(now - 3 * SEC), at, wall), None);
+        // Another machine's clock: always, however old the stamp looks.
+        let remote = Poller::new(true);
+        assert_eq!(
+            remote.recheck(&dir_stat(now - 3600 * SEC + 7), at, wall),
+            Some(at + COARSE)
+        );
     }
 }
