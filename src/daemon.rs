@@ -259,6 +259,10 @@ struct Daemon {
     rescan: bool,
     next_retry: Instant,
     next_poll: Option<Instant>,
+    /// Poll mode: what each tick looks at (see `engine::Poller`), and when
+    /// the next full scan is due.
+    poller: Option<engine::Poller>,
+    next_full: Option<Instant>,
     next_commit: Option<Instant>,
     /// Until "ready": the young files the start-up scan found, and when
     /// readiness is announced even if some are still changing.
@@ -349,6 +353,11 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
             Chosen::Poll(iv) => Some(Instant::now() + iv),
             Chosen::Inotify => None,
         },
+        poller: match mode.mode {
+            Chosen::Poll(_) => Some(engine::Poller::new(mode.reach != fskind::Reach::Local)),
+            Chosen::Inotify => None,
+        },
+        next_full: None,
         mode,
         cfg,
         overrides,
@@ -458,6 +467,12 @@ impl Daemon {
     /// Reconciles every host dir; the files too young to call complete are
     /// settled (their age counts) and returned.
     fn full_scan(&mut self, cleanup_temps: bool) -> Vec<settle::Key> {
+        // Poll mode: what the host dirs hold now is what the ticks compare
+        // with; the scan looks at all of it.
+        if let Some(p) = self.poller.as_mut() {
+            self.engine.poll_baseline(p);
+            self.next_full = Some(Instant::now() + self.cfg.watch.full_scan_every);
+        }
         let sys_now = SystemTime::now();
         let young = self
             .engine
@@ -497,6 +512,9 @@ impl Daemon {
                 deadline = deadline.min(t);
             }
             if let Some(t) = self.next_poll {
+                deadline = deadline.min(t);
+            }
+            if let Some(t) = self.next_full {
                 deadline = deadline.min(t);
             }
             if let Some(t) = self.next_commit {
@@ -547,6 +565,8 @@ impl Daemon {
                     self.next_poll = Some(Instant::now());
                     self.mode.mode = Chosen::Poll(self.cfg.watch.interval);
                     self.mode.why = "inotify failed";
+                    self.poller = Some(engine::Poller::new(true));
+                    self.rescan = true;
                     Vec::new()
                 }
                 None => Vec::new(),
@@ -711,23 +731,46 @@ impl Daemon {
         {
             self.arrive(host, name);
         }
-        if self.rescan {
-            self.rescan = false;
-            self.full_scan(false);
-        }
         if let Some(t) = self.next_poll
             && t <= now
         {
-            self.full_scan(false);
+            self.poll_tick();
             if let Chosen::Poll(iv) = self.mode.mode {
                 self.next_poll = Some(Instant::now() + iv);
             }
+        }
+        if self.next_full.is_some_and(|t| t <= now) {
+            self.rescan = true;
+        }
+        if self.rescan {
+            self.rescan = false;
+            self.full_scan(false);
         }
         if self.next_retry <= now {
             if self.engine.store.has_owed() {
                 self.engine.pay_owed();
             }
             self.next_retry = Instant::now() + RETRY_EVERY;
+        }
+    }
+
+    /// One poll tick: host dirs that vanished are recreated (and rescanned),
+    /// new files of generations not recorded yet are settled from now on
+    /// (their mtime, perhaps from another machine's clock, is not trusted),
+    /// so a new file is distributed within one interval plus the settle time.
+    fn poll_tick(&mut self) {
+        let Some(mut p) = self.poller.take() else {
+            return;
+        };
+        let tick = self.engine.poll_tick(&mut p);
+        self.poller = Some(p);
+        for i in tick.replaced {
+            self.host_changed(i);
+        }
+        let now = Instant::now();
+        for f in tick.found {
+            self.settler
+                .note((f.host, f.name), Seen::Scanned, Stamp::of(&f.stat), now);
         }
     }
 

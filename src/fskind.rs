@@ -147,6 +147,7 @@ pub enum Chosen {
 pub struct Choice {
     pub mode: Chosen,
     pub fs_type: String,
+    pub reach: Reach,
     pub why: &'static str,
 }
 
@@ -200,6 +201,7 @@ pub fn choose(w: &Watch, kind: &FsKind, root: &Path) -> Result<Choice> {
     Ok(Choice {
         mode,
         fs_type: kind.fs_type.clone(),
+        reach: kind.reach,
         why,
     })
 }

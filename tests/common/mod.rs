@@ -2,6 +2,8 @@
 //! and helpers that wait for (or rule out) links.
 #![allow(dead_code)]
 
+pub mod mounts;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader};
