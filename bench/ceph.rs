@@ -243,7 +243,10 @@ fn inner(o: &Opts) -> String {
         o.interval,
         o.settle,
         o.hosts,
-        o.bin.display()
+        o.bin
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap_or(&o.bin)
+            .display()
     );
 
     // With the MDS's default settings.
@@ -284,6 +287,16 @@ fn inner(o: &Opts) -> String {
     out.push_str(&latency(o, &b, local, o.samples, "mds_early_reply = false"));
     out.push_str(&burst(o, &b, local, o.files, "mds_early_reply = false"));
     out.push_str(&takeover(o, &b, local));
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Load average at the end of the run (the machine is shared; the cluster itself is part \
+         of it): {}.\n",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     out.push_str(END);
     out
 }
@@ -571,6 +584,15 @@ fn burst(o: &Opts, c: &ceph::Cluster, local: &Path, files: usize, setting: &str)
         "| bare `link()` loop, files node 1 wrote itself | {links} | {bare_own:.2} s | {:.0} | | distlink at {:.0}% of it |\n",
         links / bare_own,
         100.0 * bare_own / took
+    );
+    let _ = writeln!(
+        out,
+        "distlink's time runs from the first rename, so it includes up to one poll interval and \
+         the settle time before the first link. The first bare loop starts the moment the last \
+         rename returned, while node 2 still holds the new files' capabilities: each link waits \
+         for the MDS to recall them (with the default MDS settings, for its journal flush too). \
+         distlink links a tick or more later, by when they are released; the second bare loop, \
+         on files node 1 made itself, is the pure cost of the links.\n"
     );
     out
 }
