@@ -1,10 +1,13 @@
 //! Proven on a real CephFS: a single-node cluster (see `common/ceph.rs`)
 //! mounted twice with ceph-fuse, as two machines. distlink runs on node 1;
 //! clients write through node 2, where node 1's kernel sees no inotify
-//! event at all. The scenarios share one cluster (started once, about 8 s)
-//! and run in sequence, each in its own directory of CephFS.
+//! event at all; one scenario puts an NFS gateway (nfs-ganesha with its
+//! Ceph backend) between an NFSv4 client and CephFS. The scenarios share
+//! one cluster (started once, about 8 s, with the MDS defaults) and run in
+//! sequence, each in its own directory of CephFS.
 //!
-//! Needs root, /dev/fuse and the Ceph daemons; without them it is skipped
+//! Needs root, /dev/fuse, the Ceph daemons and nfs-ganesha's Ceph backend;
+//! without them it is skipped
 //! with a reason, unless `DISTLINK_REQUIRE_CEPH=1` (CI), which also fails
 //! the run when the cluster does not start.
 
