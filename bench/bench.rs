@@ -4,7 +4,7 @@
 //!
 //!     bench/run [--runs N] [--dir DIR] [--quick] [--only SECTION,..] [--hosts N,..]
 //!
-//! Sections: latency, burst, baseline, reconcile, dedupe. A run with
+//! Sections: latency, burst, baseline, reconcile, dedupe, poll. A run with
 //! `--only` prints its tables but does not rewrite RESULTS.md.
 //!
 //! Needs the release build (bench/run builds it) and, for the comparisons,
@@ -63,12 +63,13 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("latency", latency),
         ("burst", burst),
         ("baseline", baseline),
         ("reconcile", reconcile),
         ("dedupe", dedupe),
+        ("poll", poll),
     ];
     if let Some(bad) = o
         .only
@@ -909,4 +910,221 @@ fn dedupe(o: &Opts) -> String {
     }
     t.push_str("\ndistlink also links every file into every host that lacks it (here the 80 unique files, 240 links); the other tools only merge duplicates.\n");
     t
+}
+
+/// CPU seconds (user + system, every thread) this process has used.
+fn self_cpu() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Poll mode (issue 12): the cost of an idle tick before (every tick a full
+/// scan, as poll mode did) and after (one `statx` per host dir), measured
+/// in this process on one engine; the same as daemon CPU over idle
+/// seconds; and the arrival-to-every-host latency in poll mode.
+fn poll(o: &Opts) -> String {
+    use distlink::config::{Config, Overrides};
+    let names = if o.quick { 10_000 } else { 100_000 };
+    let hosts = 10;
+    let mut t = format!(
+        "\n## 8. Poll mode: idle tick cost at {names} files × {hosts} hosts, and latency\n\n"
+    );
+    let (root, hs) = tree(&o.dir, "poll", hosts);
+    for i in 0..names {
+        let n = format!("distfile-{i:06}.tar.gz");
+        let p = root.join(&hs[0]).join(&n);
+        fs::write(&p, vec![b'x'; i % 4096]).expect("write");
+        for h in &hs[1..] {
+            fs::hard_link(&p, root.join(h).join(&n)).expect("link");
+        }
+    }
+    let mut adopt = Command::new(bin());
+    adopt.arg("sync").arg("--adopt").arg("--root").arg(&root);
+    adopt.arg("--state-dir").arg(state_of(&root));
+    for h in &hs {
+        adopt.args(["--host", h]);
+    }
+    assert!(time_cmd(&mut adopt).1, "sync --adopt failed");
+
+    // (a) In this process, on one engine: a full-scan tick (what every
+    // poll tick did before) against the cheap tick.
+    let ov = Overrides {
+        root: Some(root.clone()),
+        hosts: hs.clone(),
+        state_dir: Some(state_of(&root)),
+        ..Overrides::default()
+    };
+    let cfg = Config::from_toml("", &ov).expect("config");
+    let mut engine = distlink::daemon::open_engine(&cfg, false).expect("open engine");
+    let (mut full_cpu, mut full_wall) = (vec![], vec![]);
+    for _ in 0..o.runs {
+        let (c, w) = (self_cpu(), Instant::now());
+        let young = engine.reconcile(std::time::SystemTime::now(), cfg.settle, false);
+        full_wall.push(w.elapsed().as_secs_f64());
+        full_cpu.push(self_cpu() - c);
+        assert!(young.is_empty());
+    }
+    let mut p = distlink::engine::Poller::new(false);
+    engine.poll_baseline(&mut p);
+    // Past the one extra listing a grain after the baseline.
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = engine.poll_tick(&mut p);
+    let ticks = if o.quick { 2_000 } else { 20_000 };
+    let (mut cheap_cpu, mut cheap_wall, mut listed) = (vec![], vec![], 0);
+    for _ in 0..o.runs {
+        let (c, w) = (self_cpu(), Instant::now());
+        for _ in 0..ticks {
+            let tick = engine.poll_tick(&mut p);
+            listed += tick.listed;
+        }
+        cheap_wall.push(w.elapsed().as_secs_f64() / ticks as f64);
+        cheap_cpu.push((self_cpu() - c) / ticks as f64);
+    }
+    drop(engine);
+    let (fc, fw, cc, cw) = (
+        median(full_cpu),
+        median(full_wall),
+        median(cheap_cpu),
+        median(cheap_wall),
+    );
+    t.push_str("| idle tick | CPU | wall | host dirs listed |\n|---|---:|---:|---:|\n");
+    let _ = writeln!(
+        t,
+        "| before: full scan (`Engine::reconcile`) | {:.1} ms | {:.1} ms | {hosts} |",
+        fc * 1e3,
+        fw * 1e3
+    );
+    let _ = writeln!(
+        t,
+        "| after: cheap tick (`Engine::poll_tick`, mean of {ticks}) | {:.1} µs | {:.1} µs | {listed} |",
+        cc * 1e6,
+        cw * 1e6
+    );
+    let _ = writeln!(
+        t,
+        "| ratio | **{:.0}×** cheaper | {:.0}× faster | |",
+        fc / cc,
+        fw / cw
+    );
+    t.push_str(
+        "\nMeasured in the bench process on one engine over the same tree (the release \
+         library): CPU by `getrusage(RUSAGE_SELF)` around the calls (all threads: the \
+         full scan stats in parallel), wall by the monotonic clock; the cheap tick is \
+         the mean over many ticks in a row, the full scan the median of single runs.\n",
+    );
+
+    // (b) The daemon, idle for 20 s with `interval = 2s`: before (a full
+    // scan every tick: full_scan_every = interval) and after.
+    let idle = Duration::from_secs(if o.quick { 6 } else { 20 });
+    let mut rows = vec![];
+    for (what, every) in [
+        ("before: a full scan every tick", "2s"),
+        ("after: the cheap tick (full scan hourly)", "1h"),
+    ] {
+        let cfgf = o.dir.join("poll.toml");
+        fs::write(
+            &cfgf,
+            format!("[watch]\nmode = \"poll\"\ninterval = \"2s\"\nfull_scan_every = \"{every}\"\n"),
+        )
+        .expect("config");
+        let mut v = vec![];
+        for _ in 0..o.runs {
+            let (d, _) = Daemon::start(&root, &hs, &["--config", &cfgf.display().to_string()]);
+            // Past the start-up scan and its memory release.
+            std::thread::sleep(Duration::from_millis(2500));
+            let c = d.cpu();
+            std::thread::sleep(idle);
+            v.push(d.cpu() - c);
+        }
+        rows.push((what, median(v)));
+    }
+    let _ = writeln!(
+        t,
+        "\n| daemon, `--poll 2s`, idle {} s | CPU s (from `/proc/PID/stat`) |\n|---|---:|",
+        idle.as_secs()
+    );
+    for (what, c) in &rows {
+        if *c < 0.01 {
+            let _ = writeln!(t, "| {what} | < 0.01 (below the 10 ms resolution) |");
+        } else {
+            let _ = writeln!(t, "| {what} | {c:.2} |");
+        }
+    }
+    t.push_str(
+        "\n\"Before\" is this build with `full_scan_every = \"2s\"`: every tick a full \
+         scan, as poll mode did, plus the baseline listing the cheap tick then compares with \
+         (one more `getdents` pass per host dir).\n",
+    );
+
+    // (c) Latency in poll mode, interval 1 s, settle 1 s: a Portage-style
+    // rename into host 0 until the same inode is in every host, with empty
+    // host dirs and with the 100k files in each.
+    let samples = if o.quick { 5 } else { 20 };
+    let _ = writeln!(
+        t,
+        "\n| latency, poll mode, interval 1 s, settle 1 s, {hosts} hosts, {samples} arrivals | p50 | p90 | max | bound (interval + settle) |\n|---|---:|---:|---:|---:|"
+    );
+    let (empty, ehs) = tree(&o.dir, "poll-empty", hosts);
+    for (what, root, hs) in [
+        ("empty host dirs", &empty, &ehs),
+        ("host dirs of {names} files each", &root, &hs),
+    ] {
+        let lat = poll_latency(o, root, hs, samples);
+        let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | 2.00 s |",
+            what.replace("{names}", &names.to_string()),
+            s(pct(&lat, 0.5)),
+            s(pct(&lat, 0.9)),
+            s(pct(&lat, 1.0))
+        );
+    }
+    t.push_str(
+        "\nIn poll mode a new file is settled from when a tick first sees it (its mtime may \
+         come from another machine's clock), so it reaches every host between one settle \
+         time and one interval plus one settle time after it appeared, plus what the tick and \
+         the links take: with 100k entries per host dir, listing the dir that changed (and, \
+         after the links, each peer) is one `getdents` pass over 100k entries each.\n",
+    );
+    let _ = fs::remove_dir_all(&empty);
+    let _ = fs::remove_dir_all(state_of(&empty));
+    let _ = fs::remove_dir_all(&root);
+    let _ = fs::remove_dir_all(state_of(&root));
+    t
+}
+
+/// Arrival-to-every-host latencies in poll mode (interval 1 s, settle 1 s).
+fn poll_latency(o: &Opts, root: &Path, hs: &[String], samples: usize) -> Vec<Duration> {
+    let cfgf = o.dir.join("poll.toml");
+    fs::write(&cfgf, "[watch]\nmode = \"poll\"\ninterval = \"1s\"\n").expect("config");
+    let (d, _) = Daemon::start(root, hs, &["--config", &cfgf.display().to_string()]);
+    let mut lat = vec![];
+    for i in 0..samples {
+        let h0 = root.join(&hs[0]);
+        let name = format!("poll-{i}.tar.gz");
+        let dl = h0.join(format!("{name}.__download__"));
+        fs::write(&dl, b"payload").expect("write");
+        // Arrivals at different points of the tick.
+        std::thread::sleep(Duration::from_millis(137 * (i as u64 % 7)));
+        let t0 = Instant::now();
+        fs::rename(&dl, h0.join(&name)).expect("rename");
+        let want = ino(&h0.join(&name));
+        while !hs[1..]
+            .iter()
+            .all(|h| ino(&root.join(h).join(&name)) == want)
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{name} never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lat.push(t0.elapsed());
+    }
+    drop(d);
+    lat
 }

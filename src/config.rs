@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 /// Where the configuration file is looked for when none is named.
 pub const DEFAULT_CONFIG: &str = "/etc/distlink.toml";
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(5);
-pub const DEFAULT_POLL: Duration = Duration::from_secs(30);
+/// The poll interval: one `statx` per host dir per tick, so it can be short.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
+/// How often poll mode lists every host dir in full, whatever the stamps say.
+pub const DEFAULT_FULL_SCAN: Duration = Duration::from_secs(3600);
 /// Where the record lives unless configured: root's alone, outside the
 /// distfiles root (which clients and portage write).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/distlink";
@@ -27,10 +30,39 @@ pub struct Metrics {
     pub interval: Duration,
 }
 
+/// How changes in the host dirs are noticed (`[watch] mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchMode {
+    /// inotify where the kernel sees every write to the root (a local
+    /// filesystem), poll elsewhere (see `crate::fskind`).
+    Auto,
     Inotify,
-    Poll(Duration),
+    Poll,
+}
+
+/// The `[watch]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    pub mode: WatchMode,
+    /// The poll interval (poll mode, or auto when it picks poll).
+    pub interval: Duration,
+    /// The admin states that every write to the root goes through this
+    /// machine's kernel (e.g. a kernel NFS server re-exporting a FUSE
+    /// mount): inotify is then allowed on a network or FUSE filesystem.
+    pub all_writes_local: bool,
+    /// In poll mode, how often every host dir is listed in full.
+    pub full_scan_every: Duration,
+}
+
+impl Default for Watch {
+    fn default() -> Watch {
+        Watch {
+            mode: WatchMode::Auto,
+            interval: DEFAULT_POLL,
+            all_writes_local: false,
+            full_scan_every: DEFAULT_FULL_SCAN,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -50,13 +82,16 @@ pub struct Config {
     pub settle: Duration,
     pub ignore: Vec<String>,
     pub dedupe: bool,
-    pub watch: WatchMode,
+    pub watch: Watch,
     pub log_format: LogFormat,
     /// Where the daemon writes its metrics, if anywhere.
     pub metrics: Option<Metrics>,
     /// The group whose members may read the record (`status`, `check`):
     /// the daemon makes the state dir root:GROUP 2750 at each start.
     pub state_group: Option<String>,
+    /// `run`: wait for the state lock instead of refusing when another
+    /// daemon holds it (the standby of an active/standby pair).
+    pub standby: bool,
     /// The file this came from, if any (re-read on SIGHUP).
     pub file: Option<PathBuf>,
 }
@@ -85,6 +120,7 @@ struct FileConfig {
     dedupe: Option<bool>,
     log_format: Option<LogFormat>,
     state_group: Option<String>,
+    standby: Option<bool>,
     watch: Option<WatchTable>,
     metrics: Option<MetricsTable>,
 }
@@ -103,11 +139,15 @@ struct WatchTable {
     mode: Option<WatchModeName>,
     #[serde(default, deserialize_with = "de_duration")]
     interval: Option<Duration>,
+    all_writes_local: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    full_scan_every: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum WatchModeName {
+    Auto,
     Inotify,
     Poll,
 }
@@ -212,21 +252,7 @@ impl Config {
         }
         let ignore = f.ignore.unwrap_or_default();
         crate::names::NameFilter::new(&ignore)?;
-        let wt = f.watch.unwrap_or_default();
-        let mut watch = match wt.mode {
-            Some(WatchModeName::Poll) => WatchMode::Poll(wt.interval.unwrap_or(DEFAULT_POLL)),
-            Some(WatchModeName::Inotify) | None => WatchMode::Inotify,
-        };
-        if let Some(p) = ov.poll {
-            watch = WatchMode::Poll(p);
-        }
-        if let WatchMode::Poll(d) = watch
-            && d.is_zero()
-        {
-            return Err(cfg_err(
-                "watch.interval: the poll interval must be greater than zero".into(),
-            ));
-        }
+        let watch = watch_table(f.watch.unwrap_or_default(), ov.poll)?;
         let metrics = match f.metrics {
             None => None,
             Some(m) => Some(metrics_of(m)?),
@@ -245,6 +271,7 @@ impl Config {
             log_format: ov.log_format.or(f.log_format).unwrap_or_default(),
             metrics,
             state_group: f.state_group,
+            standby: f.standby.unwrap_or(false),
             file,
         })
     }
@@ -290,6 +317,37 @@ pub fn group_id(name: &str) -> Result<u32> {
             crate::quote::bytes(name.as_bytes())
         ))),
     }
+}
+
+/// The `[watch]` table, with `--poll INTERVAL` (poll mode at that
+/// interval) applied.
+fn watch_table(wt: WatchTable, poll: Option<Duration>) -> Result<Watch> {
+    let d = Watch::default();
+    let mut w = Watch {
+        mode: match wt.mode {
+            Some(WatchModeName::Auto) | None => WatchMode::Auto,
+            Some(WatchModeName::Inotify) => WatchMode::Inotify,
+            Some(WatchModeName::Poll) => WatchMode::Poll,
+        },
+        interval: wt.interval.unwrap_or(d.interval),
+        all_writes_local: wt.all_writes_local.unwrap_or(d.all_writes_local),
+        full_scan_every: wt.full_scan_every.unwrap_or(d.full_scan_every),
+    };
+    if let Some(p) = poll {
+        w.mode = WatchMode::Poll;
+        w.interval = p;
+    }
+    if w.interval.is_zero() {
+        return Err(Error::Config(
+            "watch.interval: the poll interval must be greater than zero".into(),
+        ));
+    }
+    if w.full_scan_every.is_zero() {
+        return Err(Error::Config(
+            "watch.full_scan_every: must be greater than zero".into(),
+        ));
+    }
+    Ok(w)
 }
 
 fn parse_file(text: &str) -> std::result::Result<FileConfig, String> {
@@ -357,7 +415,8 @@ interval = "10s"
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/distlink"));
         assert_eq!(c.settle, Duration::from_secs(2));
         assert!(!c.dedupe);
-        assert_eq!(c.watch, WatchMode::Poll(Duration::from_secs(10)));
+        assert_eq!(c.watch.mode, WatchMode::Poll);
+        assert_eq!(c.watch.interval, Duration::from_secs(10));
         assert_eq!(c.metrics, None);
     }
 
@@ -377,6 +436,21 @@ interval = "10s"
     }
 
     #[test]
+    fn watch_defaults_to_auto_and_takes_its_keys() {
+        let c = Config::from_toml("root = \"/r\"\nhosts = [\"a\"]\n", &ov()).unwrap();
+        assert_eq!(c.watch, Watch::default());
+        assert_eq!(c.watch.mode, WatchMode::Auto);
+        let c = Config::from_toml(
+            "root = \"/r\"\nhosts = [\"a\"]\n[watch]\nmode = \"inotify\"\nall_writes_local = true\nfull_scan_every = \"10m\"\n",
+            &ov(),
+        )
+        .unwrap();
+        assert_eq!(c.watch.mode, WatchMode::Inotify);
+        assert!(c.watch.all_writes_local);
+        assert_eq!(c.watch.full_scan_every, Duration::from_secs(600));
+    }
+
+    #[test]
     fn flags_override_file() {
         let o = Overrides {
             root: Some("/x".into()),
@@ -390,7 +464,8 @@ interval = "10s"
         assert_eq!(c.hosts, vec!["z"]);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.settle, Duration::from_millis(100));
-        assert_eq!(c.watch, WatchMode::Poll(Duration::from_secs(3)));
+        assert_eq!(c.watch.mode, WatchMode::Poll);
+        assert_eq!(c.watch.interval, Duration::from_secs(3));
         assert!(c.dedupe);
     }
 
@@ -428,6 +503,18 @@ interval = "10s"
             (
                 "root = \"/r\"\nhosts = [\"a\"]\n[watch]\nspeed = 1\n",
                 "speed",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[watch]\nall_writes_local = \"yes\"\n",
+                "all_writes_local",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[watch]\nfull_scan_every = \"0s\"\n",
+                "full_scan_every",
+            ),
+            (
+                "root = \"/r\"\nhosts = [\"a\"]\n[watch]\ninterval = \"0s\"\n",
+                "interval",
             ),
             (
                 "root = \"/r\"\nhosts = [\"a\"]\nignore = [\"[\"]\n",

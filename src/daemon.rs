@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::config::{Config, Overrides, WatchMode};
+use crate::config::{Config, Overrides};
 use crate::engine::{self, Arrival, Engine};
 use crate::error::{Error, Result};
+use crate::fskind::{self, Chosen};
 use crate::fsops;
 use crate::identity;
 use crate::layout::Layout;
@@ -63,19 +64,35 @@ enum Started {
 /// and `sync`. Without a record, a root whose host dirs already hold files
 /// is refused: guessing would either resurrect prunes or strand files.
 pub fn open_engine(cfg: &Config, adopt: bool) -> Result<Engine> {
-    match start_up(cfg, Start::Open { adopt })? {
-        Started::Engine(engine) => Ok(*engine),
-        Started::Checked(_) => unreachable!("Start::Open opens the engine"),
-    }
+    open_engine_or_wait(cfg, adopt, None)?
+        .ok_or_else(|| Error::Refused("the state lock is held by another process".into()))
+}
+
+/// [`open_engine`]; with `wait`, a lock held by another process is waited
+/// for (see [`Store::open_for_root_or_wait`]): `None` when the wait was
+/// given up.
+fn open_engine_or_wait(
+    cfg: &Config,
+    adopt: bool,
+    wait: Option<&mut dyn FnMut(Option<u32>) -> bool>,
+) -> Result<Option<Engine>> {
+    Ok(match start_up(cfg, Start::Open { adopt }, wait)? {
+        Some(Started::Engine(engine)) => Some(*engine),
+        Some(Started::Checked(_)) => unreachable!("Start::Open opens the engine"),
+        None => None,
+    })
 }
 
 /// `distlink run --check`: every check `run` makes before it starts, with
 /// its exit code and message, creating, locking and changing nothing. A
 /// running daemon is not an error.
 pub fn check(cfg: &Config) -> Result<Inspected> {
-    match start_up(cfg, Start::Check)? {
-        Started::Checked(found) => Ok(found),
-        Started::Engine(_) => unreachable!("Start::Check opens nothing"),
+    // As `run`: the watch mode first (an explicit inotify where it would
+    // miss writes is refused).
+    watch_mode(cfg)?;
+    match start_up(cfg, Start::Check, None)? {
+        Some(Started::Checked(found)) => Ok(found),
+        _ => unreachable!("Start::Check opens nothing and never waits"),
     }
 }
 
@@ -92,14 +109,30 @@ pub fn check(cfg: &Config) -> Result<Inspected> {
 /// 5. without a record, the host dirs hold no files (else `migrate` or
 ///    `sync --adopt`; a record an older version left in `ROOT/.distlink`
 ///    is pointed at).
-fn start_up(cfg: &Config, how: Start) -> Result<Started> {
+///
+/// With `wait` (a standby), a lock another process holds is waited for
+/// instead of refused: `None` when the wait was given up.
+fn start_up(
+    cfg: &Config,
+    how: Start,
+    wait: Option<&mut dyn FnMut(Option<u32>) -> bool>,
+) -> Result<Option<Started>> {
     // The record is opened, and checked to describe this root, before any
     // host dir is created: an unmounted root must not be filled with new
     // empty host dirs that would make the record forget every file.
     let mut layout = Layout::open_root(&cfg.root)?;
     let (store, found) = match how {
         Start::Open { adopt } => {
-            let store = Store::open_for_root(&cfg.state_dir, &cfg.root, layout.root_fd(), adopt)?;
+            let Some(store) = Store::open_for_root_or_wait(
+                &cfg.state_dir,
+                &cfg.root,
+                layout.root_fd(),
+                adopt,
+                wait,
+            )?
+            else {
+                return Ok(None);
+            };
             let found = Inspected {
                 path: store.path().to_path_buf(),
                 initialized: store.is_initialized(),
@@ -123,7 +156,7 @@ fn start_up(cfg: &Config, how: Start) -> Result<Started> {
         refuse_guessing(cfg, &layout, &filter, &found.path)?;
     }
     let Some(mut store) = store else {
-        return Ok(Started::Checked(found));
+        return Ok(Some(Started::Checked(found)));
     };
     identity::announce(&layout);
     identity::upgrade_record(&layout, &mut store);
@@ -145,7 +178,7 @@ fn start_up(cfg: &Config, how: Start) -> Result<Started> {
         engine.commit()?;
         tracing::info!(state = %quote::path(engine.store.path()), "fresh start: new record created");
     }
-    Ok(Started::Engine(Box::new(engine)))
+    Ok(Some(Started::Engine(Box::new(engine))))
 }
 
 /// Without a record (`db`), host dirs that already hold files are refused.
@@ -179,6 +212,54 @@ fn refuse_guessing(cfg: &Config, layout: &Layout, filter: &NameFilter, db: &Path
         quote::path(&example)
     )))
 }
+
+/// How often a standby looks whether the lock was let go.
+const STANDBY_POLL: Duration = Duration::from_millis(250);
+
+/// `run --standby`: opens the engine, waiting (instead of refusing) while
+/// another process holds the state lock, e.g. the active daemon of a pair
+/// on another machine sharing the state dir on CephFS. Logs once that it
+/// stands by; keeps a service manager's start timeout from running out
+/// meanwhile. `None` when SIGTERM/SIGINT came first. Once the lock is
+/// taken, the start-up continues as usual: a full reconcile, then `ready`.
+fn stand_by(cfg: &Config, signals: &mut Signals) -> Result<Option<Engine>> {
+    let mut told = false;
+    let mut extended: Option<Instant> = None;
+    let mut wait = |holder: Option<u32>| {
+        if !told {
+            told = true;
+            let holder = holder.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+            tracing::info!(state_dir = %quote::path(&cfg.state_dir), holder = %holder,
+                "standing by: another distlink process holds the state lock; taking over when it lets go");
+            sd_notify(&format!(
+                "STATUS=standing by: the state lock is held (pid {holder})"
+            ));
+        }
+        if extended.is_none_or(|t| t.elapsed() >= STANDBY_EXTEND / 2) {
+            extended = Some(Instant::now());
+            sd_notify(&format!(
+                "EXTEND_TIMEOUT_USEC={}",
+                STANDBY_EXTEND.as_micros()
+            ));
+        }
+        let mut fds = [PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
+        let _ = nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(STANDBY_POLL).unwrap_or(PollTimeout::NONE),
+        );
+        signals.drain();
+        !signals.term.load(Ordering::Relaxed)
+    };
+    let engine = open_engine_or_wait(cfg, false, Some(&mut wait))?;
+    if engine.is_some() && told {
+        tracing::info!("taking over: the state lock is ours");
+    }
+    Ok(engine)
+}
+
+/// How far each notice of a standby pushes a service manager's start
+/// timeout back.
+const STANDBY_EXTEND: Duration = Duration::from_secs(30);
 
 /// What `sync` did.
 #[derive(Debug, Clone, Default)]
@@ -267,11 +348,17 @@ struct Daemon {
     overrides: Overrides,
     engine: Engine,
     watcher: Option<Watcher>,
+    /// The watch mode in use, and why it was chosen.
+    mode: fskind::Choice,
     settler: Settler,
     ready: Ready,
     rescan: bool,
     next_retry: Instant,
     next_poll: Option<Instant>,
+    /// Poll mode: what each tick looks at (see `engine::Poller`), and when
+    /// the next full scan is due.
+    poller: Option<engine::Poller>,
+    next_full: Option<Instant>,
     next_commit: Option<Instant>,
     /// Until "ready": the young files the start-up scan found, and when
     /// readiness is announced even if some are still changing.
@@ -323,7 +410,20 @@ impl Signals {
 /// `distlink run`: reconcile, then follow events until SIGTERM/SIGINT.
 pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     let mut signals = Signals::install()?;
-    let mut engine = open_engine(&cfg, false)?;
+    // The watch mode is decided (an explicit inotify on a network
+    // filesystem refused) before a standby starts waiting.
+    let mode = watch_mode(&cfg)?;
+    let mut engine = if cfg.standby {
+        match stand_by(&cfg, &mut signals)? {
+            Some(engine) => engine,
+            None => {
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            }
+        }
+    } else {
+        open_engine(&cfg, false)?
+    };
     if let Some(group) = &cfg.state_group {
         engine
             .store
@@ -338,8 +438,8 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     // SIGTERM/SIGINT also cut the start-up reconcile (and any later full
     // scan or seeding) short.
     engine.stop_on(signals.term.clone());
-    let watcher = match cfg.watch {
-        WatchMode::Inotify => {
+    let watcher = match mode.mode {
+        Chosen::Inotify => {
             let mut w = Watcher::new().map_err(|e| Error::Io {
                 path: "inotify".into(),
                 source: e,
@@ -347,7 +447,7 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
             w.watch_all(&engine.layout)?;
             Some(w)
         }
-        WatchMode::Poll(_) => None,
+        Chosen::Poll(_) => None,
     };
     let mut settler = Settler::new(cfg.settle);
     // Whether a file is still open for writing is asked with a read lease
@@ -355,10 +455,16 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     settler.set_probe_writers(true);
     let mut d = Daemon {
         settler,
-        next_poll: match cfg.watch {
-            WatchMode::Poll(iv) => Some(Instant::now() + iv),
-            WatchMode::Inotify => None,
+        next_poll: match mode.mode {
+            Chosen::Poll(iv) => Some(Instant::now() + iv),
+            Chosen::Inotify => None,
         },
+        poller: match mode.mode {
+            Chosen::Poll(_) => Some(engine::Poller::new(mode.reach != fskind::Reach::Local)),
+            Chosen::Inotify => None,
+        },
+        next_full: None,
+        mode,
         cfg,
         overrides,
         engine,
@@ -405,6 +511,21 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
     Ok(())
 }
 
+/// The start-up check of the watch mode: which one `[watch]` gives for the
+/// filesystem of the host dirs (the first one that exists, else the root),
+/// or a refusal (exit 2) of inotify where the kernel does not see every
+/// write. Nothing is created before it.
+pub fn watch_mode(cfg: &Config) -> Result<fskind::Choice> {
+    let layout = Layout::open_root(&cfg.root)?;
+    let host = cfg
+        .hosts
+        .iter()
+        .find_map(|h| fsops::open_dir_at(layout.root_fd(), std::ffi::OsStr::new(h)).ok());
+    let fd = host.as_ref().map_or(layout.root_fd(), |h| h.as_fd());
+    let kind = fskind::probe(fd).map_err(|e| Error::sys(&cfg.root, e))?;
+    fskind::choose(&cfg.watch, &kind, &cfg.root)
+}
+
 /// Returns the memory a full scan used (tens of MiB at 100,000s of names)
 /// to the system: the daemon lives on and would otherwise keep it.
 fn give_back_memory() {
@@ -444,6 +565,8 @@ impl Daemon {
             root = %quote::path(&self.engine.layout.root),
             files = self.engine.store.file_count(),
             mode = if self.watcher.is_some() { "inotify" } else { "poll" },
+            fs = %self.mode.fs_type,
+            why = self.mode.why,
             unsettled,
             "ready"
         );
@@ -454,6 +577,12 @@ impl Daemon {
     /// Reconciles every host dir; the files too young to call complete are
     /// settled (their age counts) and returned.
     fn full_scan(&mut self, cleanup_temps: bool) -> Vec<settle::Key> {
+        // Poll mode: what the host dirs hold now is what the ticks compare
+        // with; the scan looks at all of it.
+        if let Some(p) = self.poller.as_mut() {
+            self.engine.poll_baseline(p);
+            self.next_full = Some(Instant::now() + self.cfg.watch.full_scan_every);
+        }
         let sys_now = SystemTime::now();
         let t0 = Instant::now();
         let young = self
@@ -502,6 +631,9 @@ impl Daemon {
             if let Some(t) = self.next_poll {
                 deadline = deadline.min(t);
             }
+            if let Some(t) = self.next_full {
+                deadline = deadline.min(t);
+            }
             if let Some(t) = self.next_commit {
                 deadline = deadline.min(t);
             }
@@ -514,9 +646,12 @@ impl Daemon {
             if !self.ready.is_empty() {
                 deadline = now;
             }
+            // Rounded up: rounded down, the loop would wake (and find
+            // nothing due) once more per millisecond before a deadline.
             let wait_ms = deadline
                 .saturating_duration_since(now)
-                .as_millis()
+                .as_micros()
+                .div_ceil(1000)
                 .min(60_000) as u16;
             logbuf::flush();
             {
@@ -548,7 +683,10 @@ impl Daemon {
                     self.watcher = None;
                     self.engine.track_echoes(false);
                     self.next_poll = Some(Instant::now());
-                    self.cfg.watch = WatchMode::Poll(crate::config::DEFAULT_POLL);
+                    self.mode.mode = Chosen::Poll(self.cfg.watch.interval);
+                    self.mode.why = "inotify failed";
+                    self.poller = Some(engine::Poller::new(true));
+                    self.rescan = true;
                     Vec::new()
                 }
                 None => Vec::new(),
@@ -716,23 +854,46 @@ impl Daemon {
         {
             self.arrive(host, name);
         }
-        if self.rescan {
-            self.rescan = false;
-            self.full_scan(false);
-        }
         if let Some(t) = self.next_poll
             && t <= now
         {
-            self.full_scan(false);
-            if let WatchMode::Poll(iv) = self.cfg.watch {
+            self.poll_tick();
+            if let Chosen::Poll(iv) = self.mode.mode {
                 self.next_poll = Some(Instant::now() + iv);
             }
+        }
+        if self.next_full.is_some_and(|t| t <= now) {
+            self.rescan = true;
+        }
+        if self.rescan {
+            self.rescan = false;
+            self.full_scan(false);
         }
         if self.next_retry <= now {
             if self.engine.store.has_owed() {
                 self.engine.pay_owed();
             }
             self.next_retry = Instant::now() + RETRY_EVERY;
+        }
+    }
+
+    /// One poll tick: host dirs that vanished are recreated (and rescanned),
+    /// new files of generations not recorded yet are settled from now on
+    /// (their mtime, perhaps from another machine's clock, is not trusted),
+    /// so a new file is distributed within one interval plus the settle time.
+    fn poll_tick(&mut self) {
+        let Some(mut p) = self.poller.take() else {
+            return;
+        };
+        let tick = self.engine.poll_tick(&mut p);
+        self.poller = Some(p);
+        for i in tick.replaced {
+            self.host_changed(i);
+        }
+        let now = Instant::now();
+        for f in tick.found {
+            self.settler
+                .note((f.host, f.name), Seen::Scanned, Stamp::of(&f.stat), now);
         }
     }
 

@@ -63,7 +63,7 @@ pub fn probe_fd(fd: BorrowedFd<'_>) -> Result<FsIdentity, Errno> {
 }
 
 /// The filesystem type of mount `mnt_id` in `/proc/self/mountinfo`.
-fn mount_type(mnt_id: u64) -> Option<String> {
+pub(crate) fn mount_type(mnt_id: u64) -> Option<String> {
     if mnt_id == 0 {
         return None;
     }
@@ -73,7 +73,7 @@ fn mount_type(mnt_id: u64) -> Option<String> {
 
 /// One line per mount: `ID PARENT MAJ:MIN ROOT POINT OPTS [TAGS...] - TYPE
 /// SOURCE SUPEROPTS` (paths escape their spaces, so fields split on them).
-fn mount_type_in(table: &str, mnt_id: u64) -> Option<String> {
+pub(crate) fn mount_type_in(table: &str, mnt_id: u64) -> Option<String> {
     let id = mnt_id.to_string();
     table.lines().find_map(|line| {
         let mut fields = line.split(' ');

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod few;
+pub mod fskind;
 pub mod fsops;
 pub mod identity;
 pub mod layout;

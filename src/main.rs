@@ -35,6 +35,10 @@ enum Cmd {
         /// running daemon is not an error.
         #[arg(long)]
         check: bool,
+        /// While another daemon holds the state lock, wait and take over
+        /// when it stops, instead of exiting (config: `standby = true`).
+        #[arg(long, conflicts_with = "check")]
+        standby: bool,
     },
     /// One reconcile pass over all hosts, then exit (1 when something was
     /// left undone).
@@ -303,6 +307,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             tuning,
             poll,
             check: true,
+            ..
         } => {
             let (cfg, _) = load(src.overrides(Some(&tuning), poll))?;
             match daemon::check(&cfg) {
@@ -324,9 +329,14 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             }
         }
         Cmd::Run {
-            src, tuning, poll, ..
+            src,
+            tuning,
+            poll,
+            standby,
+            ..
         } => {
-            let (cfg, ov) = load(src.overrides(Some(&tuning), poll))?;
+            let (mut cfg, ov) = load(src.overrides(Some(&tuning), poll))?;
+            cfg.standby |= standby;
             match daemon::run(cfg, ov) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),

@@ -12,8 +12,7 @@ use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::Flock;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use crate::statedir::StateDir;
 
@@ -511,7 +510,10 @@ impl RootId {
             ino: st.ino,
             birth: (fsops::Identity::of_stamp(st.birth_ns) == fsops::Identity::BirthTime)
                 .then_some(st.birth_ns),
-            fsid: vfs.filesystem_id() as u64,
+            fsid: match vfs.filesystem_id() as u64 {
+                0 => ceph_cluster_fsid(fd).unwrap_or(0),
+                id => id,
+            },
             dev: st.dev,
         })
     }
@@ -564,12 +566,51 @@ impl RootId {
     }
 }
 
+/// The id of the Ceph cluster a CephFS directory belongs to (its
+/// `ceph.cluster_fsid`, folded to 64 bits), where the filesystem reports
+/// none of its own: ceph-fuse gives every mount its own device number and
+/// no birth times, so this, with the directory's inode number (the same
+/// through every client), is what tells one CephFS root apart through any
+/// machine's mount — a standby on another machine accepts the record the
+/// active one wrote.
+fn ceph_cluster_fsid(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 64];
+    // SAFETY: the buffer outlives the call and its length is passed.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            c"ceph.cluster_fsid".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    fold_uuid(buf.get(..usize::try_from(n).ok()?)?)
+}
+
+/// A UUID in text form, its two 64-bit halves xor-ed; `None` for anything
+/// else (or an all-zero result, which means "no id").
+fn fold_uuid(text: &[u8]) -> Option<u64> {
+    let text = text
+        .trim_ascii_end()
+        .strip_suffix(b"\0")
+        .unwrap_or(text)
+        .trim_ascii_end();
+    let hex: Vec<u8> = text.iter().copied().filter(u8::is_ascii_hexdigit).collect();
+    let dashes = text.iter().filter(|&&b| b == b'-').count();
+    if hex.len() != 32 || hex.len() + dashes != text.len() {
+        return None;
+    }
+    let half = |h: &[u8]| u64::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok();
+    Some(half(&hex[..16])? ^ half(&hex[16..])?).filter(|&id| id != 0)
+}
+
 /// The record, opened for writing (holds the state lock).
 pub struct Store {
     conn: Connection,
     path: PathBuf,
     dir: StateDir,
-    _lock: Flock<OwnedFd>,
+    _lock: crate::statedir::Lock,
     rec: Record,
     ops: Vec<Op>,
     /// Opened for appending; emptied by every commit.
@@ -782,6 +823,10 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store> {
         let dir = StateDir::open(state_dir)?;
         let lock = dir.lock()?;
+        Store::open_locked(dir, lock)
+    }
+
+    fn open_locked(dir: StateDir, lock: crate::statedir::Lock) -> Result<Store> {
         startup::check_files(&dir)?;
         let path = dir.path.join(DB_NAME);
         let conn = Connection::open_with_flags(
@@ -828,13 +873,38 @@ impl Store {
         root_fd: std::os::fd::BorrowedFd<'_>,
         rebind: bool,
     ) -> Result<Store> {
+        Store::open_for_root_or_wait(state_dir, root, root_fd, rebind, None)?
+            .ok_or_else(|| Error::Refused("the state lock is held by another process".into()))
+    }
+
+    /// [`Store::open_for_root`]; with `wait`, while another process holds
+    /// the lock, calls `wait(its pid)` and tries again for as long as it
+    /// returns true (`None` once it returned false), instead of refusing.
+    pub fn open_for_root_or_wait(
+        state_dir: &Path,
+        root: &Path,
+        root_fd: std::os::fd::BorrowedFd<'_>,
+        rebind: bool,
+        mut wait: Option<&mut dyn FnMut(Option<u32>) -> bool>,
+    ) -> Result<Option<Store>> {
         let rst = fsops::stat_fd(root_fd).map_err(|e| Error::sys(root, e))?;
         // Refused before anything is created inside the root.
-        StateDir::open_outside(state_dir, Some((root, (rst.dev, rst.ino))))?;
-        let mut store = Store::open(state_dir)?;
+        let dir = StateDir::open_outside(state_dir, Some((root, (rst.dev, rst.ino))))?;
+        let lock = loop {
+            match (dir.try_lock()?, wait.as_mut()) {
+                (Ok(lock), _) => break lock,
+                (Err(holder), Some(wait)) => {
+                    if !wait(holder) {
+                        return Ok(None);
+                    }
+                }
+                (Err(holder), None) => return Err(dir.held_by(holder)),
+            }
+        };
+        let mut store = Store::open_locked(dir, lock)?;
         let now = RootId::of(root_fd).map_err(|e| Error::sys(root, e))?;
         store.bind_root(root, &now, rebind)?;
-        Ok(store)
+        Ok(Some(store))
     }
 
     fn bind_root(&mut self, root: &Path, now: &RootId, rebind: bool) -> Result<()> {
@@ -1844,5 +1914,28 @@ mod tests {
         assert!(!s.remove("b"), "second remove of b");
         assert_eq!(s.clone().into_iter().collect::<Vec<_>>(), ["a", "c"]);
         assert!(s.remove("a") && s.remove("c") && s.is_empty());
+    }
+
+    #[test]
+    fn a_ceph_cluster_fsid_folds_to_one_nonzero_id() {
+        let a = super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e7");
+        assert_eq!(a, Some(0x683ab17b31034d40 ^ 0x8be5706f8cebf5e7));
+        assert_ne!(a, super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e8"));
+        assert_eq!(
+            super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e"),
+            None
+        );
+        assert_eq!(
+            super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e7\0\n"),
+            a
+        );
+        assert_eq!(
+            super::fold_uuid(b"683ab17b-3103-4d40-8be5-706f8cebf5e7 x"),
+            None
+        );
+        assert_eq!(
+            super::fold_uuid(b"00000000-0000-0000-0000-000000000000"),
+            None
+        );
     }
 }

@@ -7,7 +7,11 @@
 //! for a group other than root's, unless the sticky bit keeps others from
 //! replacing what root owns). Files in it are only ever opened relative to
 //! the held fd with `O_NOFOLLOW`. The single-writer lock is a `flock` on
-//! the directory's own fd: removing a file cannot get around it.
+//! the directory's own fd (removing a file cannot get around it) and one on
+//! the file [`LOCK_NAME`] in it: a network filesystem may keep only the
+//! latter coherent across machines (CephFS shares a file's `flock` between
+//! clients, not a directory's), which is what makes a standby on another
+//! machine wait for the active daemon.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -29,6 +33,18 @@ pub enum Found {
     Dir(StateDir),
     /// It does not exist yet; where it would be created.
     Missing(PathBuf),
+}
+
+/// The file whose `flock` is shared between the machines that mount a
+/// network filesystem (the directory's own is not, on CephFS).
+pub const LOCK_NAME: &str = "lock";
+
+/// The single-writer lock, held as long as it lives: the state dir's own
+/// `flock` and the lock file's.
+#[derive(Debug)]
+pub struct Lock {
+    _dir: Flock<OwnedFd>,
+    _file: Flock<OwnedFd>,
 }
 
 /// The state dir, held open and checked.
@@ -325,31 +341,42 @@ impl StateDir {
         Ok(())
     }
 
-    /// Takes the single-writer lock: an exclusive `flock` on the state
-    /// dir's own fd, held as long as the returned fd lives; writes this
-    /// process's pid into [`PID_NAME`] for `status`.
-    pub fn lock(&self) -> Result<Flock<OwnedFd>> {
-        let fd = nix::fcntl::openat(
-            self.fd(),
-            c".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::sys(&self.path, e))?;
-        let lock = match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+    /// Takes the single-writer lock (see [`Lock`]), or says who holds it;
+    /// writes this process's pid into [`PID_NAME`] for `status`.
+    pub fn lock(&self) -> Result<Lock> {
+        self.try_lock()?.map_err(|pid| self.held_by(pid))
+    }
+
+    /// The refusal when the process `pid` holds the lock.
+    pub fn held_by(&self, pid: Option<u32>) -> Error {
+        let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        Error::Refused(format!(
+            "another distlink process{pid} holds the lock on the state dir {} (is the daemon \
+             running? on a shared filesystem it may run on another machine; `run --standby` \
+             waits for it instead)",
+            crate::quote::path(&self.path)
+        ))
+    }
+
+    /// Takes the single-writer lock if nobody holds it: `Ok(Err(pid))`
+    /// when another process does (its pid, when it wrote one).
+    pub fn try_lock(&self) -> Result<std::result::Result<Lock, Option<u32>>> {
+        let dir = match Flock::lock(self.reopen_dir()?, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
-            Err((_, Errno::EWOULDBLOCK)) => {
-                let pid = self
-                    .read_pid()
-                    .map(|p| format!(" (pid {p})"))
-                    .unwrap_or_default();
-                return Err(Error::Refused(format!(
-                    "another distlink process{pid} holds the lock on the state dir {} (is the \
-                     daemon running?)",
-                    crate::quote::path(&self.path)
-                )));
-            }
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(Err(self.read_pid())),
             Err((_, e)) => return Err(Error::sys(&self.path, e)),
+        };
+        // Created root-only, never through a symlink; one planted by
+        // anyone else is refused like any state file.
+        self.check_file(LOCK_NAME)?;
+        let path = self.path.join(LOCK_NAME);
+        let fd = self
+            .create_file(OsStr::new(LOCK_NAME), 0o600, false)
+            .map_err(|e| Error::sys(&path, e))?;
+        let file = match Flock::lock(OwnedFd::from(fd), FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(Err(self.read_pid())),
+            Err((_, e)) => return Err(Error::sys(&path, e)),
         };
         let pid = std::process::id().to_string();
         let written = self
@@ -361,7 +388,10 @@ impl StateDir {
         if let Err(e) = written {
             tracing::warn!(path = %crate::quote::path(&self.path.join(PID_NAME)), error = %e, "cannot write the pid file");
         }
-        Ok(lock)
+        Ok(Ok(Lock {
+            _dir: dir,
+            _file: file,
+        }))
     }
 
     /// Removes the pid file: called by the lock holder as it lets go, so
@@ -379,7 +409,7 @@ impl StateDir {
         nix::unistd::fchown(self.fd(), None, gid).map_err(|e| Error::sys(&self.path, e))?;
         nix::sys::stat::fchmod(self.fd(), Mode::from_bits_truncate(0o2750))
             .map_err(|e| Error::sys(&self.path, e))?;
-        for name in ["state.db", "state.db-journal", "links.journal", PID_NAME] {
+        for name in ["state.db", "state.db-journal", "links.journal", PID_NAME, LOCK_NAME] {
             let f = match self.open_file(OsStr::new(name), false) {
                 Ok(f) => f,
                 Err(Errno::ENOENT) => continue,
@@ -393,19 +423,26 @@ impl StateDir {
         Ok(())
     }
 
-    /// The pid of the process holding the lock, if one does.
-    pub fn holder(&self) -> Option<u32> {
-        let fd = nix::fcntl::openat(
+    fn reopen_dir(&self) -> Result<OwnedFd> {
+        nix::fcntl::openat(
             self.fd(),
             c".",
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .ok()?;
-        match Flock::lock(fd, FlockArg::LockSharedNonblock) {
-            Ok(_) => None,
-            Err(_) => Some(self.read_pid().unwrap_or(0)),
-        }
+        .map_err(|e| Error::sys(&self.path, e))
+    }
+
+    /// The pid of the process holding the lock, if one does (0 when it
+    /// wrote none). Creates nothing.
+    pub fn holder(&self) -> Option<u32> {
+        let held = |fd: OwnedFd| Flock::lock(fd, FlockArg::LockSharedNonblock).is_err();
+        let dir = self.reopen_dir().ok().is_some_and(held);
+        let file = self
+            .open_file(OsStr::new(LOCK_NAME), false)
+            .ok()
+            .is_some_and(|f| held(OwnedFd::from(f)));
+        (dir || file).then(|| self.read_pid().unwrap_or(0))
     }
 
     fn read_pid(&self) -> Option<u32> {

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use distlink::config::{self, Config, LogFormat, Overrides, WatchMode};
+use distlink::config::{self, Config, LogFormat, Overrides, Watch, WatchMode};
 
 fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
@@ -42,7 +42,7 @@ fn the_example_config_parses_and_states_the_defaults() {
     assert_eq!(cfg.settle, config::DEFAULT_SETTLE);
     assert!(cfg.dedupe);
     assert!(cfg.ignore.is_empty());
-    assert_eq!(cfg.watch, WatchMode::Inotify);
+    assert_eq!(cfg.watch, Watch::default());
     assert_eq!(cfg.log_format, LogFormat::Text);
     // Every key the parser accepts is documented in the example.
     let text = std::fs::read_to_string(repo("config/distlink.toml")).unwrap();
@@ -57,6 +57,8 @@ fn the_example_config_parses_and_states_the_defaults() {
         "[watch]",
         "mode",
         "interval",
+        "all_writes_local",
+        "full_scan_every",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(key)),
@@ -64,9 +66,10 @@ fn the_example_config_parses_and_states_the_defaults() {
         );
     }
     // Its poll interval is the real default.
-    let poll = text.replace("mode = \"inotify\"", "mode = \"poll\"");
+    let poll = text.replace("mode = \"auto\"", "mode = \"poll\"");
     let cfg = Config::from_toml(&poll, &Overrides::default()).unwrap();
-    assert_eq!(cfg.watch, WatchMode::Poll(config::DEFAULT_POLL));
+    assert_eq!(cfg.watch.mode, WatchMode::Poll);
+    assert_eq!(cfg.watch.interval, config::DEFAULT_POLL);
 }
 
 #[test]

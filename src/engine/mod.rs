@@ -21,12 +21,14 @@ mod converge;
 mod import;
 mod listing;
 mod owed;
+mod poll;
 mod reconcile;
 mod survey;
 
 pub use converge::same_content;
 pub use import::{Imported, import_flat};
 pub use listing::{Listing, list_candidates, remove_candidate};
+pub use poll::{Found, Poller, Tick};
 pub use survey::{Present, Survey, survey};
 
 use std::collections::BTreeSet;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod operator;
+pub mod mounts;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -427,3 +428,4 @@ pub fn umount(dir: &Path) {
 }
 pub mod openrc;
 pub mod startup;
+pub mod ceph;
