@@ -660,7 +660,9 @@ impl Daemon {
         {
             self.poll_tick();
             if let Chosen::Poll(iv) = self.mode.mode {
-                self.next_poll = Some(Instant::now() + iv);
+                // On the interval's beat, however long the tick took (never
+                // in the past: a slow tick is not followed by a burst).
+                self.next_poll = Some((t + iv).max(Instant::now()));
             }
         }
         if self.next_full.is_some_and(|t| t <= now) {
@@ -691,10 +693,9 @@ impl Daemon {
         for i in tick.replaced {
             self.host_changed(i);
         }
-        let now = Instant::now();
         for f in tick.found {
             self.settler
-                .note((f.host, f.name), Seen::Scanned, Stamp::of(&f.stat), now);
+                .note((f.host, f.name), Seen::Scanned, Stamp::of(&f.stat), f.at);
         }
     }
 

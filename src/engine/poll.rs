@@ -76,6 +76,9 @@ pub struct Found {
     pub host: usize,
     pub name: OsString,
     pub stat: FileStat,
+    /// When `stat` was taken: its settle clock starts there, not when the
+    /// tick (which may list other big dirs after it) ends.
+    pub at: Instant,
 }
 
 /// What one tick did and found.
@@ -248,6 +251,7 @@ impl Engine {
                             host: i,
                             name: e.name.to_os_string(),
                             stat: st,
+                            at: Instant::now(),
                         });
                     }
                 }
