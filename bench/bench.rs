@@ -971,13 +971,13 @@ fn poll(o: &Opts) -> String {
     engine.poll_baseline(&mut p);
     // Past the one extra listing a grain after the baseline.
     std::thread::sleep(Duration::from_millis(100));
-    let _ = engine.poll_tick(&mut p);
+    let _ = engine.poll_tick(&mut p, Duration::from_millis(20));
     let ticks = if o.quick { 2_000 } else { 20_000 };
     let (mut cheap_cpu, mut cheap_wall, mut listed) = (vec![], vec![], 0);
     for _ in 0..o.runs {
         let (c, w) = (self_cpu(), Instant::now());
         for _ in 0..ticks {
-            let tick = engine.poll_tick(&mut p);
+            let tick = engine.poll_tick(&mut p, Duration::from_millis(20));
             listed += tick.listed;
         }
         cheap_wall.push(w.elapsed().as_secs_f64() / ticks as f64);

@@ -857,10 +857,12 @@ impl Daemon {
         if let Some(t) = self.next_poll
             && t <= now
         {
-            self.poll_tick();
             if let Chosen::Poll(iv) = self.mode.mode {
-                self.next_poll = Some(Instant::now() + iv);
+                // On the interval's beat, however long the tick took (never
+                // in the past: a slow tick is not followed by a burst).
+                self.next_poll = Some((t + iv).max(Instant::now()));
             }
+            self.poll_tick();
         }
         if self.next_full.is_some_and(|t| t <= now) {
             self.rescan = true;
@@ -885,15 +887,18 @@ impl Daemon {
         let Some(mut p) = self.poller.take() else {
             return;
         };
-        let tick = self.engine.poll_tick(&mut p);
+        let tick = self.engine.poll_tick(&mut p, ROUND);
         self.poller = Some(p);
+        if tick.more {
+            // The rest after one round of settling and distributing.
+            self.next_poll = Some(Instant::now());
+        }
         for i in tick.replaced {
             self.host_changed(i);
         }
-        let now = Instant::now();
         for f in tick.found {
             self.settler
-                .note((f.host, f.name), Seen::Scanned, Stamp::of(&f.stat), now);
+                .note((f.host, f.name), Seen::Scanned, Stamp::of(&f.stat), f.at);
         }
     }
 
@@ -901,7 +906,17 @@ impl Daemon {
         if host >= self.engine.layout.hosts.len() {
             return;
         }
-        match self.engine.arrive(host, &name) {
+        let arrived = self.engine.arrive(host, &name);
+        if matches!(arrived, Ok(Arrival::Distributed))
+            && let Some(p) = self.poller.as_mut()
+        {
+            // Its peers' stamps moved with the links: listed after the
+            // dirs a client changed.
+            for h in (0..self.engine.layout.hosts.len()).filter(|h| *h != host) {
+                p.expect_echo(h);
+            }
+        }
+        match arrived {
             Ok(Arrival::Distributed) => tracing::info!(
                 host = %self.engine.layout.hosts[host].name, name = %quote::name(&name), "distributed"),
             Ok(Arrival::Skipped(why)) => tracing::debug!(

@@ -68,6 +68,8 @@ pub struct Poller {
     remote: bool,
     /// Random keys: a client cannot pick a name whose hash matches another.
     hasher: std::collections::hash_map::RandomState,
+    /// Host dirs the engine linked into since their last listing.
+    echo: Vec<bool>,
 }
 
 /// A new entry of a generation not recorded yet.
@@ -76,6 +78,9 @@ pub struct Found {
     pub host: usize,
     pub name: OsString,
     pub stat: FileStat,
+    /// When `stat` was taken: its settle clock starts there, not when the
+    /// tick (which may list other big dirs after it) ends.
+    pub at: Instant,
 }
 
 /// What one tick did and found.
@@ -90,6 +95,9 @@ pub struct Tick {
     pub found: Vec<Found>,
     /// Host dirs that vanished or were replaced (to reopen).
     pub replaced: Vec<usize>,
+    /// Some due host dirs were left for the next tick (see
+    /// [`Engine::poll_tick`]).
+    pub more: bool,
 }
 
 impl Poller {
@@ -98,7 +106,18 @@ impl Poller {
             dirs: Vec::new(),
             remote,
             hasher: Default::default(),
+            echo: Vec::new(),
         }
+    }
+
+    /// The engine linked into host dir `host`: its stamp moved, most likely
+    /// by that alone, so it is listed after the dirs a client changed. (It
+    /// is still listed: a client may have changed it too.)
+    pub fn expect_echo(&mut self, host: usize) {
+        if host >= self.echo.len() {
+            self.echo.resize(host + 1, false);
+        }
+        self.echo[host] = true;
     }
 
     fn grain(&self, st: &FileStat) -> Duration {
@@ -137,6 +156,7 @@ impl Engine {
     /// that changes after this is new to the next tick.
     pub fn poll_baseline(&self, p: &mut Poller) {
         p.dirs.clear();
+        p.echo.clear();
         for i in 0..self.layout.hosts.len() {
             let (at, wall) = (Instant::now(), SystemTime::now());
             let h = &self.layout.hosts[i];
@@ -168,11 +188,22 @@ impl Engine {
         }
     }
 
-    /// One poll tick (see the module doc).
-    pub fn poll_tick(&self, p: &mut Poller) -> Tick {
+    /// One poll tick (see the module doc). Host dirs a client changed are
+    /// listed first; ones only expected to have changed by the engine's own
+    /// links (see [`Poller::expect_echo`]) after them, and only while the
+    /// tick has run less than `budget`: the rest is left for the next tick
+    /// (`Tick::more`), so that a tick over big dirs does not hold up the
+    /// settling and distributing of what it found.
+    pub fn poll_tick(&self, p: &mut Poller, budget: Duration) -> Tick {
+        let start = Instant::now();
         let mut t = Tick::default();
-        p.dirs.resize_with(self.layout.hosts.len(), || None);
-        for i in 0..self.layout.hosts.len() {
+        let n = self.layout.hosts.len();
+        p.dirs.resize_with(n, || None);
+        p.echo.resize(n, false);
+        // Every host dir is statx'ed first (before its listing, as the
+        // module doc requires); the due ones are listed after.
+        let mut due = Vec::new();
+        for i in 0..n {
             let (at, wall) = (Instant::now(), SystemTime::now());
             let h = &self.layout.hosts[i];
             t.looked += 1;
@@ -183,7 +214,7 @@ impl Engine {
                     continue;
                 }
             };
-            let mut state = match p.dirs[i].take() {
+            let state = match p.dirs[i].take() {
                 Some(s) if s.ino == st.ino && s.dev == st.dev => s,
                 _ => DirState {
                     dev: st.dev,
@@ -194,17 +225,32 @@ impl Engine {
                     error: None,
                 },
             };
-            let stamp = Some((st.mtime_ns, st.ctime_ns));
-            let moved = state.stamp != stamp;
-            if (moved || state.recheck.is_some_and(|r| at >= r))
-                && self.relist(p, i, &mut state, &mut t)
-            {
-                state.stamp = stamp;
+            let moved = state.stamp != Some((st.mtime_ns, st.ctime_ns));
+            if moved || state.recheck.is_some_and(|r| at >= r) {
+                due.push((p.echo[i], i, st, at, wall, moved));
+            }
+            p.dirs[i] = Some(state);
+        }
+        // Stable: client changes first, in host order.
+        due.sort_by_key(|d| (d.0, d.1));
+        let mut echoes = 0;
+        for (echo, i, st, at, wall, moved) in due {
+            if echo && echoes > 0 && start.elapsed() >= budget {
+                t.more = true;
+                continue;
+            }
+            echoes += usize::from(echo);
+            let Some(mut state) = p.dirs[i].take() else {
+                continue;
+            };
+            if self.relist(p, i, &mut state, &mut t) {
+                state.stamp = Some((st.mtime_ns, st.ctime_ns));
                 state.recheck = if moved {
                     p.recheck(&st, at, wall)
                 } else {
                     None
                 };
+                p.echo[i] = false;
             }
             p.dirs[i] = Some(state);
         }
@@ -248,6 +294,7 @@ impl Engine {
                             host: i,
                             name: e.name.to_os_string(),
                             stat: st,
+                            at: Instant::now(),
                         });
                     }
                 }
