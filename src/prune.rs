@@ -319,7 +319,9 @@ pub fn render(r: &PruneReport) -> String {
 ///   it go with it (a name ending in a blank is written with `\ `); a
 ///   line left empty is skipped;
 /// - a `\r` right before the `\n` is part of a CRLF line ending (a name
-///   ending in CR is written `\r`);
+///   ending in CR is written `\r`), and a byte-order mark (U+FEFF) that
+///   starts a line is dropped (a name starting with it is written
+///   `\u{feff}`);
 /// - a backslash starts an escape ([`unescape_name`]): the form distlink
 ///   prints names in, so a printed name can be pasted into a list.
 ///
@@ -333,8 +335,11 @@ pub fn parse_keep_lines(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, 
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }
+    // A byte-order mark (an editor's, or one per list joined with `cat`)
+    // is not part of a name: distlink writes U+FEFF as `\u{feff}`.
     let lines: Vec<&[u8]> = lines
         .into_iter()
+        .map(|l| l.strip_prefix(BOM).unwrap_or(l))
         .map(|l| strip_comment(l.strip_suffix(b"\r").unwrap_or(l)))
         .collect();
     // What emerge prints is the likeliest wrong list: said first.
@@ -360,6 +365,9 @@ pub fn parse_keep_lines(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, 
     }
     Ok(names)
 }
+
+/// U+FEFF in UTF-8, the byte-order mark some editors write first.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// A keep list line without its comment: a `#` at the start of the line
 /// or after a blank (space or tab) that is not escaped starts one, and the
@@ -390,10 +398,17 @@ fn strip_comment(line: &[u8]) -> &[u8] {
 
 /// Reads what `emerge --pretend --fetchonly` prints: for every distfile,
 /// a line of the URLs it can be fetched from. Every word holding `://` is
-/// a URL; its last path segment (without query or fragment),
-/// percent-decoded, is a name to keep. Other words (emerge's messages)
-/// are ignored. Text holding no URL at all is refused: it is not what
-/// emerge prints.
+/// a URL, and both names Portage can have given its file are kept:
+/// - what follows the word's last `/`, as it is (query, fragment, `%`
+///   and all): Portage's name for a file fetched from upstream
+///   (`os.path.basename` of the SRC_URI word), the only URL printed for
+///   a file that may not be mirrored;
+/// - its last path segment without query or fragment, percent-decoded:
+///   the name in a mirror's URL, which Portage percent-encodes.
+///
+/// Keeping a name no file has costs nothing; missing one removes a file.
+/// Other words (emerge's messages) are ignored. Text holding no URL at
+/// all is refused: it is not what emerge prints.
 pub fn parse_keep_urls(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, String> {
     let mut names = HashSet::new();
     let mut urls = 0;
@@ -414,16 +429,18 @@ pub fn parse_keep_urls(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, S
             .position(|b| *b == b'?' || *b == b'#')
             .unwrap_or(path.len())];
         let last = path.rsplit(|b| *b == b'/').next().unwrap_or_default();
-        let name = percent_decode(last);
-        if name.is_empty()
-            || name == b"."
-            || name == b".."
-            || name.contains(&b'/')
-            || name.contains(&0)
-        {
-            continue;
+        let upstream = rest.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        for name in [percent_decode(last), upstream.to_vec()] {
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.contains(&0)
+            {
+                continue;
+            }
+            names.insert(OsString::from_vec(name));
         }
-        names.insert(OsString::from_vec(name));
     }
     if urls == 0 {
         return Err(
@@ -677,14 +694,17 @@ mod tests {
             ),
             vec![
                 b"a b%ZZ.tgz".to_vec(),
+                b"a%20b%ZZ.tgz".to_vec(),
                 b"gcc-14.2.0.tar.xz".to_vec(),
-                b"libsigc++-3.6.0.tar.xz".to_vec()
+                b"libsigc%2B%2B-3.6.0.tar.xz?raw=1#x".to_vec(),
+                b"libsigc++-3.6.0.tar.xz".to_vec(),
             ]
         );
         assert!(parse_keep_urls(b"foo.tar.gz\nbar.tar.gz\n").is_err());
+        // Never a name holding `/`, `.` or `..`; `%2F` only as it is.
         assert_eq!(
-            urls("https://h/d/a%2Fb https://h/d/..  https://h/d/"),
-            Vec::<Vec<u8>>::new()
+            urls("https://h/d/a%2Fb https://h/d/..  https://h/d/ https://h/d/. https://h/x?p=a/.."),
+            vec![b"a%2Fb".to_vec(), b"x".to_vec()]
         );
     }
 

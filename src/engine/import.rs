@@ -1,7 +1,7 @@
 //! `migrate --from`: moving a flat DISTDIR into one host's dir.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -37,8 +37,9 @@ pub struct Imported {
 /// before the original is removed. A file never leaves its old place
 /// before it is complete in the new one; an existing name is never
 /// replaced.
+/// `src` is the flat dir, held open (`from` is how it was named).
 pub fn import_flat(
-    from: &Path,
+    (src, from): (BorrowedFd<'_>, &Path),
     host: &crate::layout::HostDir,
     filter: &NameFilter,
     copy: bool,
@@ -46,9 +47,7 @@ pub fn import_flat(
     mut progress: impl FnMut(u64),
 ) -> Result<Imported> {
     use crate::error::Error;
-    let src = fsops::open_dir_path(from)
-        .map_err(|e| Error::Usage(format!("--from {}: {e}", quote::path(from))))?;
-    let sst = fsops::stat_fd(src.as_fd()).map_err(|e| Error::sys(from, e))?;
+    let sst = fsops::stat_fd(src).map_err(|e| Error::sys(from, e))?;
     if sst.dev != host.stat.dev && !copy {
         return Err(Error::Usage(format!(
             "--from {} is on another filesystem than {}; pass --copy to copy (fsync, verify, then remove)",
@@ -56,7 +55,7 @@ pub fn import_flat(
             quote::path(&host.path)
         )));
     }
-    let listing = list_candidates(src.as_fd(), from, filter).map_err(|e| Error::sys(from, e))?;
+    let listing = list_candidates(src, from, filter).map_err(|e| Error::sys(from, e))?;
     let mut out = Imported::default();
     let mut seq = 0u64;
     let mut files = listing.files;
@@ -69,21 +68,16 @@ pub fn import_flat(
             Ok(t) if t.ino == st.ino && t.dev == st.dev => {
                 // Already linked there: the source name is a spare link.
                 out.duplicates += 1;
-                if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {
+                if !dry_run && let Err(e) = fsops::unlink_at(src, &name) {
                     out.errors.push(err("unlink", e));
                 }
                 continue;
             }
             Ok(t) => {
-                match same_content(
-                    (src.as_fd(), from, &name),
-                    &st,
-                    (host.fd(), &host.path, &name),
-                    &t,
-                ) {
+                match same_content((src, from, &name), &st, (host.fd(), &host.path, &name), &t) {
                     Ok(true) => {
                         out.duplicates += 1;
-                        if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {
+                        if !dry_run && let Err(e) = fsops::unlink_at(src, &name) {
                             out.errors.push(err("unlink", e));
                         }
                     }
@@ -113,7 +107,7 @@ pub fn import_flat(
             continue;
         }
         if sst.dev == host.stat.dev {
-            match fsops::rename_noreplace(src.as_fd(), &name, host.fd(), &name) {
+            match fsops::rename_noreplace(src, &name, host.fd(), &name) {
                 Ok(()) => out.moved += 1,
                 Err(e) => out.errors.push(err("rename into host dir", e)),
             }
@@ -125,12 +119,12 @@ pub fn import_flat(
         tmp.extend_from_slice(format!("{}.c{seq}", std::process::id()).as_bytes());
         let tmp = OsStr::from_bytes(&tmp).to_os_string();
         let res = (|| -> std::result::Result<(), String> {
-            let mut f = fsops::open_read_at(src.as_fd(), &name, &st).map_err(|e| err("open", e))?;
-            let (uid, gid) = fsops::owner_at(src.as_fd(), &name).map_err(|e| err("stat", e))?;
+            let mut f = fsops::open_read_at(src, &name, &st).map_err(|e| err("open", e))?;
+            let (uid, gid) = fsops::owner_at(src, &name).map_err(|e| err("stat", e))?;
             fsops::copy_new(&mut f, host.fd(), &tmp, &st, uid, gid)
                 .map_err(|e| FileError::new(&host.path, &tmp, "copy", e).to_string())?;
             let copied = fsops::stat_at(host.fd(), &tmp).map_err(|e| err("stat copy", e))?;
-            let mut a = fsops::open_read_at(src.as_fd(), &name, &st).map_err(|e| err("open", e))?;
+            let mut a = fsops::open_read_at(src, &name, &st).map_err(|e| err("open", e))?;
             let mut b =
                 fsops::open_read_at(host.fd(), &tmp, &copied).map_err(|e| err("open copy", e))?;
             if !fsops::same_bytes(&mut a, &mut b)
@@ -144,7 +138,7 @@ pub fn import_flat(
             fsops::rename_noreplace(host.fd(), &tmp, host.fd(), &name)
                 .map_err(|e| err("rename copy into place", e))?;
             fsops::fsync_fd(host.fd()).map_err(|e| err("fsync host dir", e))?;
-            fsops::unlink_at(src.as_fd(), &name).map_err(|e| err("remove original", e))?;
+            fsops::unlink_at(src, &name).map_err(|e| err("remove original", e))?;
             Ok(())
         })();
         match res {
@@ -157,7 +151,7 @@ pub fn import_flat(
     }
     if !dry_run {
         let _ = fsops::fsync_fd(host.fd());
-        let _ = fsops::fsync_fd(src.as_fd());
+        let _ = fsops::fsync_fd(src);
     }
     Ok(out)
 }

@@ -1,0 +1,212 @@
+//! Operator commands fed what a careless admin or a hostile client gives
+//! them: a `--from` swapped while it is checked, distlink's own state dir
+//! as a `--from`, keep lists as other tools write them.
+
+mod common;
+use common::*;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Points `link` at `target` in one step (a new symlink renamed over it),
+/// as an attacker who owns the dir holding `link` would.
+fn point(link: &Path, target: &Path) {
+    let tmp = link.with_extension("swap");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    fs::rename(&tmp, link).unwrap();
+}
+
+/// The `--from` an admin typed goes through a dir someone else can write
+/// (an old DISTDIR under a portage-owned /usr/portage); while migrate
+/// runs, that someone flips it between a flat DISTDIR and client1's dir.
+/// Migrate works on the directory it checked: each run either refuses
+/// (it saw client1's dir) or moves the flat DISTDIR's files; client1's
+/// own files never leave it.
+#[test]
+fn a_from_swapped_to_a_host_dir_after_the_check_moves_nothing_of_that_host() {
+    let mut env = Env::new(&["server", "client1"]);
+    env.settle = "0s".into();
+    let old = Duration::from_secs(3600);
+    fs::write(env.path("client1", "only-c1.tar.gz"), b"client1's").unwrap();
+    env.age("client1", "only-c1.tar.gz", old);
+    let (code, out, err) = Env::output(env.migrate(&[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let attacker = env.tmp.path().join("usr-portage");
+    let flat = attacker.join("distfiles.real");
+    fs::create_dir_all(&flat).unwrap();
+    let from = attacker.join("distfiles");
+    point(&from, &flat);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, from, flat, c1) = (stop.clone(), from.clone(), flat.clone(), env.dir("client1"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                point(&from, &c1);
+                point(&from, &flat);
+            }
+        })
+    };
+    let (mut refused, mut moved) = (0, 0);
+    for k in 0..60 {
+        let name = format!("flat-{k}.tar.gz");
+        fs::write(flat.join(&name), name.as_bytes()).unwrap();
+        let (code, out, err) = Env::output(env.migrate_from(&from, "server", &[]));
+        match code {
+            Some(2) if err.contains("compared by identity") => refused += 1,
+            Some(0) => moved += 1,
+            _ => panic!("run {k}: exit {code:?}: {out}{err}"),
+        }
+        if !env.path("client1", "only-c1.tar.gz").exists() {
+            stop.store(true, Ordering::Relaxed);
+            panic!(
+                "run {k}: client1's only-c1.tar.gz left client1 (migrate checked one dir and \
+                 moved from another): {out}{err}"
+            );
+        }
+        if refused > 3 && moved > 3 && k >= 30 {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    // The swap really happened under migrate's feet, both ways.
+    assert!(refused > 0 && moved > 0, "refused {refused}, moved {moved}");
+}
+
+/// `migrate --from /var/lib/distlink` (the state dir, e.g. a typo for the
+/// old DISTDIR) used to move the record, its journal and the pid file
+/// into the server's dir and link them into every client's.
+#[test]
+fn the_state_dir_as_from_is_refused_and_the_record_stays_where_it_is() {
+    let mut env = Env::new(&["server", "client1"]);
+    env.settle = "0s".into();
+    fs::write(env.path("client1", "c.tar.gz"), b"c").unwrap();
+    env.age("client1", "c.tar.gz", Duration::from_secs(3600));
+    let (code, out, err) = Env::output(env.migrate(&[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let before = env.snapshot();
+    let record: Vec<_> = fs::read_dir(&env.state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let state = env.state.clone();
+    let spelled = env.tmp.path().join("state-link");
+    std::os::unix::fs::symlink(&state, &spelled).unwrap();
+    for from in [state.clone(), spelled, state.join(".")] {
+        for dry in [true, false] {
+            let more: &[&str] = if dry { &["--dry-run"] } else { &[] };
+            let (code, out, err) = Env::output(env.migrate_from(&from, "server", more));
+            assert_eq!(code, Some(2), "{} dry={dry}: {out}{err}", from.display());
+            assert!(
+                err.contains("the state dir") && err.contains("compared by identity"),
+                "{err}"
+            );
+            assert_eq!(env.snapshot(), before, "{} moved files", from.display());
+            for n in &record {
+                assert!(state.join(n).exists(), "{n:?} left the state dir");
+            }
+        }
+    }
+}
+
+/// A host holding `names` (an hour old) and `stale.tar.gz`, which no list
+/// below keeps, so that a prune that keeps every named file has
+/// something to remove.
+fn host_holding(names: &[&str]) -> Env {
+    let env = Env::new(&["server", "client1"]);
+    for n in names.iter().chain(&["stale.tar.gz"]) {
+        fs::write(env.path("client1", n), n.as_bytes()).unwrap();
+        env.age("client1", n, Duration::from_secs(3600));
+    }
+    env
+}
+
+/// client1's names, as text.
+fn names_of(env: &Env) -> Vec<String> {
+    env.names("client1")
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect()
+}
+
+/// Runs `prune client1 FLAG -` with `list` on stdin: (exit, stdout+stderr).
+fn prune_with_stdin(env: &Env, flag: &str, list: &[u8]) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = env
+        .prune("client1", &[flag, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(list).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Portage names a distfile fetched from upstream after the whole SRC_URI
+/// word's last `/`, as it is: no percent-decoding, query and fragment
+/// included (only the URL of a mirror, which percent-encodes the name, is
+/// decoded to it). Where the host's packages may not be mirrored
+/// (`RESTRICT="mirror"`), `emerge --pretend --fetchonly` prints only those
+/// upstream URLs; `--keep-urls` used to decode or cut them and remove
+/// the very files they name.
+#[test]
+fn keep_urls_keeps_the_names_portage_gives_upstream_urls() {
+    let kept = [
+        "Game%20Data-1.0.tar.gz",
+        "download.php?file=tool-2.zip",
+        "notes-3.pdf#page=2",
+        "libfoo%2B%2B-1.0.tar.xz",
+        "bar++-2.0.tar.xz",
+    ];
+    let env = host_holding(&kept);
+    let transcript = "\
+Calculating dependencies... done!\n\
+https://games.example/dl/Game%20Data-1.0.tar.gz\n\
+https://tool.example/download.php?file=tool-2.zip\n\
+https://docs.example/a/notes-3.pdf#page=2\n\
+https://upstream.example/libfoo%2B%2B-1.0.tar.xz\n\
+https://distfiles.gentoo.org/distfiles/1f/bar%2B%2B-2.0.tar.xz https://up.example/bar++-2.0.tar.xz\n";
+    let (code, out) = prune_with_stdin(&env, "--keep-urls", transcript.as_bytes());
+    assert_eq!(code, Some(0), "{out}");
+    let mut want: Vec<String> = kept.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(names_of(&env), want, "{out}");
+}
+
+/// A keep list saved by an editor that writes a byte-order mark and CRLF
+/// line endings (Notepad's "UTF-8 with BOM"): the BOM is not part of the
+/// first name, which is kept like every other.
+#[test]
+fn a_keep_list_with_a_byte_order_mark_keeps_its_first_name() {
+    let env = host_holding(&["first-1.0.tar.gz", "second-2.0.tar.gz"]);
+    let list = b"\xef\xbb\xbffirst-1.0.tar.gz\r\nsecond-2.0.tar.gz\r\n";
+    let (code, out) = prune_with_stdin(&env, "--keep-list", list);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        names_of(&env),
+        ["first-1.0.tar.gz", "second-2.0.tar.gz"],
+        "{out}"
+    );
+    // Lists joined with `cat` carry a mark at the start of each.
+    let env = host_holding(&["first-1.0.tar.gz", "second-2.0.tar.gz"]);
+    let list = b"\xef\xbb\xbffirst-1.0.tar.gz\n\xef\xbb\xbfsecond-2.0.tar.gz\n";
+    let (code, out) = prune_with_stdin(&env, "--keep-list", list);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        names_of(&env),
+        ["first-1.0.tar.gz", "second-2.0.tar.gz"],
+        "{out}"
+    );
+}
