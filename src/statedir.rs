@@ -246,7 +246,15 @@ impl StateDir {
                 continue;
             };
             at.push(name);
-            let next = fsops::open_dir_at(fd.as_fd(), name).map_err(|e| match e {
+            // A dir this user may only search (the state dir as a
+            // `state_group` member sees it, mode 2710) is held as an
+            // `O_PATH` fd: enough to check it and open files in it, never
+            // to lock it.
+            let next = match fsops::open_dir_at(fd.as_fd(), name) {
+                Err(Errno::EACCES) => fsops::search_dir_at(fd.as_fd(), name),
+                r => r,
+            };
+            let next = next.map_err(|e| match e {
                 Errno::EACCES => unreadable(&at),
                 Errno::ELOOP | Errno::ENOTDIR => Error::Refused(format!(
                     "state dir: {} is not a directory (or was replaced by a symlink while being \
@@ -344,13 +352,16 @@ impl StateDir {
     }
 
     /// Lets the members of group `gid` read the record (`status`,
-    /// `check`): the state dir becomes root:gid 2750 (the setgid bit gives
+    /// `check`): the state dir becomes root:gid 2710 (the setgid bit gives
     /// files created later the group too) and its files root:gid 0640.
-    /// Nobody but root can write any of it, as before.
+    /// Nobody but root can write any of it, as before. The group may
+    /// search the dir, not read it: opening the dir is what a lock on it
+    /// needs, and a member holding one would keep the daemon from
+    /// starting (and pass for it in `status`).
     pub fn share_with_group(&self, gid: u32) -> Result<()> {
         let gid = Some(nix::unistd::Gid::from_raw(gid));
         nix::unistd::fchown(self.fd(), None, gid).map_err(|e| Error::sys(&self.path, e))?;
-        nix::sys::stat::fchmod(self.fd(), Mode::from_bits_truncate(0o2750))
+        nix::sys::stat::fchmod(self.fd(), Mode::from_bits_truncate(0o2710))
             .map_err(|e| Error::sys(&self.path, e))?;
         for name in ["state.db", "state.db-journal", "links.journal", PID_NAME] {
             let f = match self.open_file(OsStr::new(name), false) {

@@ -210,3 +210,72 @@ fn a_keep_list_with_a_byte_order_mark_keeps_its_first_name() {
         "{out}"
     );
 }
+
+/// A member of `state_group` (a monitoring agent: read access only) takes
+/// a lock on the state dir, as `flock -s /var/lib/distlink sleep inf`
+/// would. It used to keep the daemon from starting ("another distlink
+/// process holds the lock") while `check --daemon` said all was well,
+/// naming the flock as the running daemon. The group may read the
+/// record's files but not open the state dir itself.
+#[test]
+fn a_state_group_member_cannot_take_the_state_lock() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
+            "this test needs root (setpriv)"
+        );
+        eprintln!("skipped: needs root (setpriv)");
+        return;
+    }
+    let mut env = Env::new(&["a", "b"]);
+    std::fs::set_permissions(
+        env.tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cfg = env.config("state_group = \"nogroup\"\n");
+    env.extra = vec!["--config".into(), cfg.to_str().unwrap().into()];
+    let d = env.start();
+    env.fetch("a", "foo-1.0.tar.gz", b"foo");
+    env.wait_everywhere("foo-1.0.tar.gz");
+    drop(d);
+    let (code, out, err) = Env::output(env.reader_as_nobody("nogroup", "status", &[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("daemon not running"), "{out}");
+    // The dry run reads the record through the dir it may only search.
+    let (code, out, err) = Env::output(env.reader_as_nobody("nogroup", "migrate", &["--dry-run"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("would be linked 0"), "{out}");
+
+    // The member tries for the lock, and holds it if it gets it.
+    let mut flock = std::process::Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .args(["flock", "--nonblock", "--shared"])
+        .arg(&env.state)
+        .args(["sleep", "60"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = flock.try_wait().unwrap().is_none();
+    let d = env.spawn(env.command("run", &[]));
+    let started = wait_until(WAIT, || {
+        d.log().contains("ready") || d.log().contains("holds the lock")
+    }) && d.log().contains("ready");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(flock.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = flock.wait();
+    assert!(!held, "a state_group member holds a lock on the state dir");
+    assert!(started, "the daemon did not start: {}", d.log());
+    // And the group still reads the truth.
+    let (code, out, err) = Env::output(env.reader_as_nobody("nogroup", "check", &["--daemon"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = Env::output(env.reader_as_nobody("nogroup", "status", &[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("daemon running (pid {})", d.pid())),
+        "{out}"
+    );
+}
