@@ -279,3 +279,145 @@ fn a_state_group_member_cannot_take_the_state_lock() {
         "{out}"
     );
 }
+
+/// Any user can lock a file of their own whose inode number is the state
+/// dir's, on another filesystem (a fresh tmpfs or a FUSE mount of theirs
+/// hands out small or chosen numbers). With the daemon stopped, `status`
+/// took that lock for the daemon's ("daemon running (pid …)"), so
+/// `check --daemon` passed and `migrate` refused to run. Only a lock on
+/// the state dir's own device counts.
+#[test]
+fn a_lock_on_another_filesystems_file_with_the_state_dirs_inode_number_is_not_the_daemon() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
+            "this test needs root (mount, setpriv)"
+        );
+        eprintln!("skipped: needs root (mount, setpriv)");
+        return;
+    }
+    let mut env = Env::new(&["a", "b"]);
+    let statefs = env.tmp.path().join("statefs");
+    let theirs = env.tmp.path().join("theirs");
+    fs::create_dir(&statefs).unwrap();
+    fs::create_dir(&theirs).unwrap();
+    if !mount_tmpfs(&statefs, "mode=755") {
+        return;
+    }
+    let _m1 = scopeguard(&statefs);
+    assert!(mount_tmpfs(&theirs, "mode=1777"));
+    let _m2 = scopeguard(&theirs);
+    env.state = statefs.join("state");
+    let mut d = env.start();
+    env.fetch("a", "foo-1.0.tar.gz", b"foo");
+    env.wait_everywhere("foo-1.0.tar.gz");
+    assert!(d.stop().success());
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&env.state).unwrap());
+
+    // Their files, until one has the state dir's inode number.
+    let mut decoy = None;
+    for k in 0..100_000 {
+        let f = theirs.join(format!("f{k}"));
+        fs::write(&f, b"").unwrap();
+        let i = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&f).unwrap());
+        if i == ino {
+            decoy = Some(f);
+            break;
+        }
+        if i > ino {
+            panic!("tmpfs passed inode {ino} (at {i}): cannot set the scene");
+        }
+    }
+    let decoy = decoy.expect("a file with the state dir's inode number");
+    let mut flock = std::process::Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .args(["flock", "--shared"])
+        .arg(&decoy)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, out, err) = Env::output(env.reader("check", &["--daemon"]));
+    let (_, status, _) = Env::output(env.reader("status", &[]));
+    let _ = flock.kill();
+    let _ = flock.wait();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("the daemon is not running"), "{out}");
+    assert!(status.contains("daemon not running"), "{status}");
+}
+
+/// Unmounts `dir` when dropped.
+fn scopeguard(dir: &Path) -> impl Drop + '_ {
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            umount(self.0);
+        }
+    }
+    Unmount(dir)
+}
+
+/// The other side of the test above: on btrfs, `stat` of a dir in a
+/// subvolume reports the subvolume's device, `/proc/locks` the
+/// filesystem's. The daemon's lock on a state dir there is still found
+/// (the filesystem's device is read from the mount's line in mountinfo).
+#[test]
+fn the_daemons_lock_on_a_state_dir_in_a_btrfs_subvolume_is_found() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
+            "this test needs root (a loop mount)"
+        );
+        eprintln!("skipped: needs root (a loop mount)");
+        return;
+    }
+    if !tools::have("mkfs.btrfs", "btrfs-progs") || !tools::have("btrfs", "btrfs-progs") {
+        return;
+    }
+    let mut env = Env::new(&["a", "b"]);
+    let image = env.tmp.path().join("btrfs.img");
+    let mnt = env.tmp.path().join("btrfs");
+    fs::create_dir(&mnt).unwrap();
+    fs::File::create(&image)
+        .and_then(|f| f.set_len(256 << 20))
+        .unwrap();
+    let ok = |c: &mut std::process::Command| {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{c:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(std::process::Command::new("mkfs.btrfs")
+        .arg("-q")
+        .arg(&image));
+    ok(std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(&mnt));
+    let _m = scopeguard(&mnt);
+    let sub = mnt.join("sub");
+    ok(std::process::Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&sub));
+    env.root = sub.join("distfiles");
+    env.state = sub.join("state");
+    for h in ["a", "b"] {
+        fs::create_dir_all(env.dir(h)).unwrap();
+    }
+    let stat_dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&sub).unwrap());
+    let fs_dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata(&mnt).unwrap());
+    assert_ne!(stat_dev, fs_dev, "the subvolume reports its own device");
+    let mut d = env.start();
+    let (code, out, err) = Env::output(env.reader("check", &["--daemon"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (_, status, _) = Env::output(env.reader("status", &[]));
+    assert!(
+        status.contains(&format!("daemon running (pid {})", d.pid())),
+        "{status}"
+    );
+    assert!(d.stop().success());
+    let (code, out, _) = Env::output(env.reader("check", &["--daemon"]));
+    assert_eq!(code, Some(1), "{out}");
+}
