@@ -406,13 +406,26 @@ fn strip_comment(line: &[u8]) -> &[u8] {
 /// - its last path segment without query or fragment, percent-decoded:
 ///   the name in a mirror's URL, which Portage percent-encodes.
 ///
+/// The word after a `->` (a SRC_URI's rename, pasted in) is a name too.
+///
 /// Keeping a name no file has costs nothing; missing one removes a file.
 /// Other words (emerge's messages) are ignored. Text holding no URL at
 /// all is refused: it is not what emerge prints.
 pub fn parse_keep_urls(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, String> {
     let mut names = HashSet::new();
     let mut urls = 0;
+    let mut renamed = false;
     for word in bytes.split(|b| b.is_ascii_whitespace()) {
+        if word.is_empty() {
+            continue;
+        }
+        // SRC_URI's `URL -> NAME`: NAME is the distfile's name.
+        if std::mem::replace(&mut renamed, word == b"->") {
+            if !word.contains(&b'/') && !word.contains(&0) && word != b"." && word != b".." {
+                names.insert(OsString::from_vec(word.to_vec()));
+            }
+            continue;
+        }
         let Some(at) = word.windows(3).position(|w| w == b"://") else {
             continue;
         };
@@ -690,7 +703,8 @@ mod tests {
                 "Calculating dependencies... done!\n\
                  https://distfiles.gentoo.org/distfiles/6a/gcc-14.2.0.tar.xz https://ftp.gnu.org/gnu/gcc/gcc-14.2.0/gcc-14.2.0.tar.xz \n\
                  \n\
-                 http://m/d/libsigc%2B%2B-3.6.0.tar.xz?raw=1#x ftp://h/a%20b%ZZ.tgz https://host-only.example"
+                 http://m/d/libsigc%2B%2B-3.6.0.tar.xz?raw=1#x ftp://h/a%20b%ZZ.tgz https://host-only.example\n\
+                 https://h/o/v1.zip  ->  p-1.zip -> a/b ->"
             ),
             vec![
                 b"a b%ZZ.tgz".to_vec(),
@@ -698,6 +712,8 @@ mod tests {
                 b"gcc-14.2.0.tar.xz".to_vec(),
                 b"libsigc%2B%2B-3.6.0.tar.xz?raw=1#x".to_vec(),
                 b"libsigc++-3.6.0.tar.xz".to_vec(),
+                b"p-1.zip".to_vec(),
+                b"v1.zip".to_vec(),
             ]
         );
         assert!(parse_keep_urls(b"foo.tar.gz\nbar.tar.gz\n").is_err());

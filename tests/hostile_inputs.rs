@@ -160,7 +160,8 @@ fn prune_with_stdin(env: &Env, flag: &str, list: &[u8]) -> (Option<i32>, String)
 /// decoded to it). Where the host's packages may not be mirrored
 /// (`RESTRICT="mirror"`), `emerge --pretend --fetchonly` prints only those
 /// upstream URLs; `--keep-urls` used to decode or cut them and remove
-/// the very files they name.
+/// the very files they name. A SRC_URI's `URL -> NAME` (pasted from an
+/// ebuild or a tool that prints SRC_URI) keeps NAME.
 #[test]
 fn keep_urls_keeps_the_names_portage_gives_upstream_urls() {
     let kept = [
@@ -169,6 +170,7 @@ fn keep_urls_keeps_the_names_portage_gives_upstream_urls() {
         "notes-3.pdf#page=2",
         "libfoo%2B%2B-1.0.tar.xz",
         "bar++-2.0.tar.xz",
+        "p-3.1.tar.gz",
     ];
     let env = host_holding(&kept);
     let transcript = "\
@@ -177,7 +179,9 @@ https://games.example/dl/Game%20Data-1.0.tar.gz\n\
 https://tool.example/download.php?file=tool-2.zip\n\
 https://docs.example/a/notes-3.pdf#page=2\n\
 https://upstream.example/libfoo%2B%2B-1.0.tar.xz\n\
-https://distfiles.gentoo.org/distfiles/1f/bar%2B%2B-2.0.tar.xz https://up.example/bar++-2.0.tar.xz\n";
+https://distfiles.gentoo.org/distfiles/1f/bar%2B%2B-2.0.tar.xz https://up.example/bar++-2.0.tar.xz\n\
+# a SRC_URI pasted in, with its rename:\n\
+https://github.com/o/p/archive/v3.1.tar.gz -> p-3.1.tar.gz\n";
     let (code, out) = prune_with_stdin(&env, "--keep-urls", transcript.as_bytes());
     assert_eq!(code, Some(0), "{out}");
     let mut want: Vec<String> = kept.iter().map(|n| n.to_string()).collect();
