@@ -425,3 +425,31 @@ fn the_daemons_lock_on_a_state_dir_in_a_btrfs_subvolume_is_found() {
     let (code, out, _) = Env::output(env.reader("check", &["--daemon"]));
     assert_eq!(code, Some(1), "{out}");
 }
+
+/// `[metrics] path` pointed into the root (a host dir) by mistake: the
+/// file was distributed to every other host as a download, then listed
+/// as a conflict at each rewrite. Now it is never written there, and the
+/// log says why.
+#[test]
+fn a_metrics_path_inside_the_root_is_never_written_there() {
+    let mut env = Env::new(&["a", "b"]);
+    let cfg = env.config(&format!(
+        "[metrics]\npath = {:?}\ninterval = \"1s\"\n",
+        env.path("a", "distlink.prom")
+    ));
+    env.extra = vec!["--config".into(), cfg.to_str().unwrap().into()];
+    let d = env.start();
+    d.wait_log("inside the root", WAIT);
+    env.fetch("a", "foo-1.0.tar.gz", b"foo");
+    env.wait_everywhere("foo-1.0.tar.gz");
+    std::thread::sleep(Duration::from_secs(3));
+    for h in ["a", "b"] {
+        assert_eq!(
+            env.names(h),
+            vec![b"foo-1.0.tar.gz".to_vec()],
+            "host {h}; log:\n{}",
+            d.log()
+        );
+    }
+    assert!(!d.log().contains("conflict"), "{}", d.log());
+}
