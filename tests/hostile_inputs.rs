@@ -453,3 +453,43 @@ fn a_metrics_path_inside_the_root_is_never_written_there() {
     }
     assert!(!d.log().contains("conflict"), "{}", d.log());
 }
+
+/// An old DISTDIR reached through a bind mount (a chroot's or a
+/// container's view of it) is on the root's filesystem but on another
+/// mount, where `rename` fails with EXDEV: migrate used to try anyway,
+/// file by file, and `--copy` did not help. Now another mount is treated
+/// as another filesystem: refused without `--copy`, copied with it.
+#[test]
+fn a_from_on_another_mount_of_the_same_filesystem_needs_copy_and_then_copies() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
+            "this test needs root (a bind mount)"
+        );
+        eprintln!("skipped: needs root (a bind mount)");
+        return;
+    }
+    let mut env = Env::new(&["a", "b"]);
+    env.settle = "0s".into();
+    let flat = env.tmp.path().join("flat");
+    let mnt = env.tmp.path().join("chroot-distfiles");
+    fs::create_dir(&flat).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    fs::write(flat.join("f-1.tar.gz"), b"f").unwrap();
+    let ok = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&flat)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let _m = scopeguard(&mnt);
+    let (code, out, err) = Env::output(env.migrate_from(&mnt, "a", &[]));
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("--copy"), "{err}");
+    assert!(flat.join("f-1.tar.gz").exists());
+    let (code, out, err) = Env::output(env.migrate_from(&mnt, "a", &["--copy"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(env.same_inode(&["a", "b"], "f-1.tar.gz"), "{out}{err}");
+    assert!(!flat.join("f-1.tar.gz").exists(), "{out}{err}");
+}

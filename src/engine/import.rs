@@ -48,9 +48,13 @@ pub fn import_flat(
 ) -> Result<Imported> {
     use crate::error::Error;
     let sst = fsops::stat_fd(src).map_err(|e| Error::sys(from, e))?;
-    if sst.dev != host.stat.dev && !copy {
+    // `rename` crosses neither filesystems nor mounts (a bind mount of
+    // the same filesystem fails with EXDEV too).
+    let same_mount = sst.dev == host.stat.dev && sst.mnt_id == host.stat.mnt_id;
+    if !same_mount && !copy {
         return Err(Error::Usage(format!(
-            "--from {} is on another filesystem than {}; pass --copy to copy (fsync, verify, then remove)",
+            "--from {} is on another filesystem or mount than {}; pass --copy to copy (fsync, \
+             verify, then remove)",
             quote::path(from),
             quote::path(&host.path)
         )));
@@ -99,14 +103,14 @@ pub fn import_flat(
         out.bytes += st.size;
         if dry_run {
             out.names_in.push(name.clone());
-            if sst.dev == host.stat.dev {
+            if same_mount {
                 out.moved += 1;
             } else {
                 out.copied += 1;
             }
             continue;
         }
-        if sst.dev == host.stat.dev {
+        if same_mount {
             match fsops::rename_noreplace(src, &name, host.fd(), &name) {
                 Ok(()) => out.moved += 1,
                 Err(e) => out.errors.push(err("rename into host dir", e)),
