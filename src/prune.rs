@@ -325,6 +325,10 @@ pub fn render(r: &PruneReport) -> String {
 /// - a backslash starts an escape ([`unescape_name`]): the form distlink
 ///   prints names in, so a printed name can be pasted into a list.
 ///
+/// Spaces and tabs at the ends of a line (not escaped) are kept as part
+/// of the name, and the name without them is kept too: a stray blank
+/// never costs a file.
+///
 /// A name holding `/` is refused (a keep list names files, not paths: a
 /// list of paths would match nothing and remove everything), a URL with
 /// a pointer to `--keep-urls`, and a raw NUL byte (a NUL-separated list
@@ -362,8 +366,35 @@ pub fn parse_keep_lines(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, 
         }
         let name = unescape_name(line).map_err(at)?;
         keep_name(&mut names, name).map_err(at)?;
+        // Blanks at a line's ends are more often stray (pasted from a
+        // terminal) than part of a name: the name without them is kept
+        // too. Keeping a name no file has costs nothing.
+        let trimmed = trim_blanks(line);
+        if trimmed.len() != line.len() && !trimmed.is_empty() {
+            keep_name(&mut names, unescape_name(trimmed).map_err(at)?).map_err(at)?;
+        }
     }
     Ok(names)
+}
+
+/// A line without the spaces and tabs at its start and end; an escaped
+/// one (`\ `) at the end stays.
+fn trim_blanks(line: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = line.iter().position(|b| !blank(b)).unwrap_or(line.len());
+    let mut end = line.len();
+    while end > start && blank(&line[end - 1]) {
+        let slashes = line[start..end - 1]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b'\\')
+            .count();
+        if slashes % 2 == 1 {
+            break;
+        }
+        end -= 1;
+    }
+    &line[start..end]
 }
 
 /// U+FEFF in UTF-8, the byte-order mark some editors write first.
@@ -639,12 +670,13 @@ mod tests {
     }
 
     #[test]
-    fn keep_lines_trim_nothing_and_skip_comments_and_blank_lines() {
+    fn keep_lines_keep_names_exactly_and_skip_comments_and_blank_lines() {
         assert_eq!(
             lines(b"# c\n\n a \r\n\\#b\nc\\r\r\n  # a comment\nlast # note\nx#y z\\ #w\ttab\t# t"),
             Ok(vec![
                 b" a ".to_vec(),
                 b"#b".to_vec(),
+                b"a".to_vec(),
                 b"c\r".to_vec(),
                 b"last".to_vec(),
                 b"x#y z #w\ttab".to_vec(),
@@ -752,8 +784,22 @@ mod tests {
             proptest::prop_assume!(!name.contains(&b'/') && !name.contains(&0));
             let shown = quote::name(std::ffi::OsStr::from_bytes(&name)).to_string();
             for line in [shown.clone(), format!("{shown} # note"), format!("{shown}\t#")] {
+                // The name, and perhaps the name without (some of) the
+                // blanks at its ends.
+                let blank = |b: &u8| *b == b' ' || *b == b'\t';
+                let trimmed = |n: &Vec<u8>| {
+                    (0..=name.len()).any(|i| {
+                        name[..i].iter().all(blank)
+                            && name[i..].starts_with(n)
+                            && name[i + n.len()..].iter().all(blank)
+                    })
+                };
                 let got = lines(line.as_bytes());
-                proptest::prop_assert_eq!(&got, &Ok(vec![name.clone()]), "{}", line);
+                proptest::prop_assert!(
+                    got.as_ref()
+                        .is_ok_and(|v| v.contains(&name) && v.iter().all(trimmed)),
+                    "{}: {:?}", line, got
+                );
             }
         }
     }

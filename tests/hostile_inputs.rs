@@ -493,3 +493,32 @@ fn a_from_on_another_mount_of_the_same_filesystem_needs_copy_and_then_copies() {
     assert!(env.same_inode(&["a", "b"], "f-1.tar.gz"), "{out}{err}");
     assert!(!flat.join("f-1.tar.gz").exists(), "{out}{err}");
 }
+
+/// A keep list pasted from a terminal or a web page carries stray blanks
+/// at the ends of lines. Read exactly, `gcc-14.2.0.tar.xz ` kept no file
+/// and the compiler's sources were removed. Now a line with blanks at
+/// its ends keeps both the name as written and the name without them: a
+/// name that really has blanks (written raw or escaped) is kept as
+/// before, and no stray blank costs a file.
+#[test]
+fn stray_blanks_around_a_keep_list_name_do_not_cost_the_file() {
+    let env = host_holding(&[
+        "gcc-14.2.0.tar.xz",
+        "vim-9.1.tar.gz",
+        "  lead.tar",
+        "tail.tar ",
+    ]);
+    let list = b"gcc-14.2.0.tar.xz \n\tvim-9.1.tar.gz\t# editor\n  lead.tar\ntail.tar\\ \n";
+    let (code, out) = prune_with_stdin(&env, "--keep-list", list);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        names_of(&env),
+        [
+            "  lead.tar",
+            "gcc-14.2.0.tar.xz",
+            "tail.tar ",
+            "vim-9.1.tar.gz"
+        ],
+        "{out}"
+    );
+}
