@@ -205,9 +205,7 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
         .iter()
         .filter(|(name, st)| {
             keep.as_ref().is_none_or(|k| !k.contains(name))
-                && sel
-                    .older_than
-                    .is_none_or(|d| engine::old_enough(st, now, d))
+                && sel.older_than.is_none_or(|d| engine::age(st, now) >= d)
         })
         .collect();
     hold_back(

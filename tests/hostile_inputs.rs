@@ -522,3 +522,31 @@ fn stray_blanks_around_a_keep_list_name_do_not_cost_the_file() {
         "{out}"
     );
 }
+
+/// Distfiles whose mtime lies in the future (a mirror with its clock
+/// ahead, kept by `wget -N` or `rsync -t`; a client's clock ahead) never
+/// looked settled to `migrate`: it waited its whole limit, reported them
+/// as still being written and exited 1, run after run. A file no one has
+/// written since its mtime was set (any write sets the mtime to now) is
+/// as old as its change time says.
+#[test]
+fn files_with_an_mtime_in_the_future_are_distributed_by_one_migrate() {
+    let mut env = Env::new(&["a", "b"]);
+    env.settle = "1s".into();
+    fs::write(env.path("a", "skewed-1.0.tar.gz"), b"from a mirror ahead").unwrap();
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(2 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(env.path("a", "skewed-1.0.tar.gz"))
+        .unwrap()
+        .set_modified(ahead)
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let (code, out, err) = Env::output(env.migrate(&[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        env.same_inode(&["a", "b"], "skewed-1.0.tar.gz"),
+        "{out}{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}
