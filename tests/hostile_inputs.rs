@@ -550,3 +550,49 @@ fn files_with_an_mtime_in_the_future_are_distributed_by_one_migrate() {
     );
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
 }
+
+/// The daemon killed in the middle of a commit (SIGKILL, a power cut)
+/// leaves a hot rollback journal beside the record, which only a writer
+/// may roll back. `status` and `check`, which open the record read-only,
+/// then failed with "attempt to write a readonly database" (exit 2)
+/// just when the admin asks what happened. They now read the record as
+/// the next start will see it (rolled back, on a scratch copy).
+#[test]
+fn status_and_check_after_a_kill_in_the_middle_of_a_commit_tell_what_happened() {
+    if !tools::have("sqlite3", "sqlite3") {
+        return;
+    }
+    let env = Env::new(&["a", "b"]);
+    let mut d = env.start();
+    env.fetch("a", "foo-1.0.tar.gz", b"foo");
+    env.wait_everywhere("foo-1.0.tar.gz");
+    d.kill9();
+    // A writer killed mid-transaction: its journal is left hot.
+    let out = std::process::Command::new("sqlite3")
+        .arg(env.state.join("state.db"))
+        .arg(
+            "PRAGMA cache_size=1; BEGIN; CREATE TABLE spill(x); \
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<2000) \
+             INSERT INTO spill SELECT randomblob(500) FROM c; .system kill -9 $PPID",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sqlite3 was not killed");
+    let journal = env.state.join("state.db-journal");
+    assert!(
+        fs::metadata(&journal).is_ok_and(|m| m.len() > 0),
+        "no hot journal"
+    );
+    let (code, out, err) = Env::output(env.reader("status", &[]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("was killed or crashed"), "{out}");
+    let (code, out, err) = Env::output(env.reader("check", &[]));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("did not stop cleanly"), "{out}{err}");
+    // The record itself is left for the next start to roll back.
+    assert!(journal.exists());
+    let d = env.start();
+    env.fetch("b", "bar-2.0.tar.gz", b"bar");
+    env.wait_everywhere("bar-2.0.tar.gz");
+    drop(d);
+}
