@@ -249,10 +249,11 @@ fn sys(p: &Path) -> impl Fn(Errno) -> Error + '_ {
 /// Readers see the old file or the new one, never a part. The temp name
 /// does not end in `.prom`, so the textfile collector never reads it.
 ///
-/// With `root`, a `path` whose dir is the root or lies inside it (by
-/// identity, as `migrate --from` is checked) is refused: clients write
-/// there, and the file would be distributed to every host.
-pub fn write_atomically(path: &Path, text: &str, root: Option<&Path>) -> Result<()> {
+/// With `outside` (the root and the state dir), a `path` whose dir is one
+/// of them or lies inside one (by identity, as `migrate --from` is
+/// checked) is refused: in the root the file would be distributed to every
+/// host, in the state dir it could replace the record.
+pub fn write_atomically(path: &Path, text: &str, outside: Option<(&Path, &Path)>) -> Result<()> {
     let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
         return Err(Error::Config(format!(
             "metrics.path: {} is not a path to a file",
@@ -270,16 +271,23 @@ pub fn write_atomically(path: &Path, text: &str, root: Option<&Path>) -> Result<
         Mode::empty(),
     )
     .map_err(sys(dir))?;
-    if let Some(root) = root
-        && let Some(what) =
-            crate::layout::Layout::open_root(root)?.holds_dir(dfd.as_fd(), dir, &[])?
-    {
-        return Err(Error::Refused(format!(
-            "metrics.path {} lies in {what} (compared by identity): clients write there, and the \
-             file would be distributed to every host as a download. Choose a path outside the \
-             root, e.g. in node_exporter's textfile directory",
-            crate::quote::path(path)
-        )));
+    if let Some((root, state)) = outside {
+        let state_id = match nix::sys::stat::stat(state) {
+            Ok(st) => vec![(
+                (st.st_dev, st.st_ino),
+                format!("the state dir {}", crate::quote::path(state)),
+            )],
+            Err(_) => Vec::new(),
+        };
+        let layout = crate::layout::Layout::open_root(root)?;
+        if let Some(what) = layout.holds_dir(dfd.as_fd(), dir, &state_id)? {
+            return Err(Error::Refused(format!(
+                "metrics.path {} lies in {what} (compared by identity): in the root it would be \
+                 distributed to every host as a download, in the state dir it could replace the \
+                 record. Choose a path outside both, e.g. in node_exporter's textfile directory",
+                crate::quote::path(path)
+            )));
+        }
     }
     let mut tmp = OsString::from(".");
     tmp.push(file);
@@ -365,7 +373,7 @@ impl Publisher {
                         return None;
                     }
                 };
-                publish(&m.path, &cfg.root, &render(&st, &stats, true), &failing);
+                publish(&m.path, &cfg, &render(&st, &stats, true), &failing);
                 Some(st)
             });
         match spawned {
@@ -409,20 +417,15 @@ impl Publisher {
             self.last = Some(st);
         }
         if let Some(st) = &self.last {
-            publish(
-                &m.path,
-                &cfg.root,
-                &render(st, &stats, false),
-                &self.failing,
-            );
+            publish(&m.path, cfg, &render(st, &stats, false), &self.failing);
         }
     }
 }
 
 /// Writes the file; a failure is logged once (the daemon goes on), and
 /// the first write that works again says so.
-fn publish(path: &Path, root: &Path, text: &str, failing: &AtomicBool) {
-    match write_atomically(path, text, Some(root)) {
+fn publish(path: &Path, cfg: &Config, text: &str, failing: &AtomicBool) {
+    match write_atomically(path, text, Some((&cfg.root, &cfg.state_dir))) {
         Ok(()) => {
             if failing.swap(false, Ordering::Relaxed) {
                 tracing::info!(path = %crate::quote::path(path), "metrics written again");

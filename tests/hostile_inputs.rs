@@ -596,3 +596,30 @@ fn status_and_check_after_a_kill_in_the_middle_of_a_commit_tell_what_happened() 
     env.wait_everywhere("bar-2.0.tar.gz");
     drop(d);
 }
+
+/// `[metrics] path` naming a file of the state dir (a slip of the pen:
+/// `/var/lib/distlink/state.db`) replaced the record with the metrics
+/// text at every interval, without a word; the next start refused the
+/// record, and only `sync --adopt` (which forgets the prunes) led on.
+/// A path in the state dir is refused like one in the root.
+#[test]
+fn a_metrics_path_in_the_state_dir_never_replaces_the_record() {
+    let mut env = Env::new(&["a", "b"]);
+    let cfg = env.config(&format!(
+        "[metrics]\npath = {:?}\ninterval = \"1s\"\n",
+        env.state.join("state.db")
+    ));
+    env.extra = vec!["--config".into(), cfg.to_str().unwrap().into()];
+    let d = env.start();
+    d.wait_log("the state dir", WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let head = fs::read(env.state.join("state.db")).unwrap();
+    assert!(head.starts_with(b"SQLite format 3\0"), "{}", d.log());
+    assert!(!env.state.join("distlink.prom").exists());
+    drop(d);
+    // The record still serves the next start.
+    let d = env.start();
+    env.fetch("a", "foo-1.0.tar.gz", b"foo");
+    env.wait_everywhere("foo-1.0.tar.gz");
+    drop(d);
+}
