@@ -396,10 +396,20 @@ fn the_daemons_lock_on_a_state_dir_in_a_btrfs_subvolume_is_found() {
     ok(std::process::Command::new("mkfs.btrfs")
         .arg("-q")
         .arg(&image));
-    ok(std::process::Command::new("mount")
+    let mounted = std::process::Command::new("mount")
         .args(["-o", "loop"])
         .arg(&image)
-        .arg(&mnt));
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var("DISTLINK_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "DISTLINK_REQUIRE_TOOLS=1 but a btrfs image cannot be loop-mounted here"
+        );
+        eprintln!("skipped: cannot loop-mount a btrfs image (no loop devices or no btrfs)");
+        return;
+    }
     let _m = scopeguard(&mnt);
     let sub = mnt.join("sub");
     ok(std::process::Command::new("btrfs")
