@@ -111,7 +111,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
                 .map_err(|e| Error::Usage(format!("--from {}: {e}", quote::path(path))))?;
             let layout = Layout::open_existing(&cfg.root, &cfg.hosts)?.0;
             refuse_from_inside(path, fd.as_fd(), &layout, &cfg.state_dir)?;
-            Some(From { path, fd })
+            Some(FromDir { path, fd })
         }
         None => None,
     };
@@ -237,7 +237,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
 
 /// The `--from` dir: the path the admin gave (for messages) and the one
 /// directory it led to when it was checked.
-struct From<'a> {
+struct FromDir<'a> {
     path: &'a Path,
     fd: OwnedFd,
 }
@@ -325,7 +325,7 @@ pub fn wait_for_young(
 }
 
 fn import(
-    from: &From<'_>,
+    from: &FromDir<'_>,
     layout: &Layout,
     idx: usize,
     filter: &NameFilter,

@@ -36,8 +36,8 @@ pub struct Imported {
 /// one filesystem, else (with `copy`) a copy that is fsynced and verified
 /// before the original is removed. A file never leaves its old place
 /// before it is complete in the new one; an existing name is never
-/// replaced.
-/// `src` is the flat dir, held open (`from` is how it was named).
+/// replaced. `src` is the flat dir, held open since it was checked
+/// (`from` is how it was named, for messages).
 pub fn import_flat(
     (src, from): (BorrowedFd<'_>, &Path),
     host: &crate::layout::HostDir,
