@@ -192,7 +192,7 @@ impl Layout {
             }
             let at = up.as_ref().map_or(dir, |f| f.as_fd());
             let parent =
-                fsops::open_dir_at(at, OsStr::new("..")).map_err(|e| Error::sys(path, e))?;
+                fsops::search_dir_at(at, OsStr::new("..")).map_err(|e| Error::sys(path, e))?;
             let pst = fsops::stat_fd(parent.as_fd()).map_err(|e| Error::sys(path, e))?;
             if (pst.dev, pst.ino) == (here.dev, here.ino) {
                 return Ok(None);

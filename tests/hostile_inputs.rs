@@ -633,3 +633,59 @@ fn a_metrics_path_in_the_state_dir_never_replaces_the_record() {
     env.wait_everywhere("foo-1.0.tar.gz");
     drop(d);
 }
+
+/// A user trying distlink on a demo root of their own, under a dir they
+/// may search but not list (mode 0711, as many home dirs are): the walk
+/// up from `--from` that proves it lies outside the root opened each
+/// parent for reading and failed with EACCES. It only needs to search.
+#[test]
+fn the_from_check_climbs_through_a_dir_it_may_only_search() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
+            "this test needs root (setpriv)"
+        );
+        eprintln!("skipped: needs root (setpriv)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(&["a", "b"]);
+    let home = env.tmp.path().join("home");
+    let mine = home.join("user");
+    fs::create_dir_all(mine.join("flat")).unwrap();
+    fs::write(mine.join("flat").join("f-1.tar.gz"), b"f").unwrap();
+    for h in ["a", "b"] {
+        fs::create_dir_all(mine.join("root").join(h)).unwrap();
+    }
+    let nobody = |p: &Path| {
+        let out = std::process::Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    nobody(&mine);
+    fs::set_permissions(env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o711)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .arg(bin())
+        .arg("migrate")
+        .arg("--root")
+        .arg(mine.join("root"))
+        .arg("--state-dir")
+        .arg(mine.join("state"))
+        .args(["--host", "a", "--host", "b", "--settle", "0s", "--from"])
+        .arg(mine.join("flat"))
+        .args(["--into", "a"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(mine.join("root/b/f-1.tar.gz").exists(), "{text}");
+}
