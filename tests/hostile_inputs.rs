@@ -254,7 +254,7 @@ fn a_state_group_member_cannot_take_the_state_lock() {
     // The member tries for the lock, and holds it if it gets it.
     let mut flock = std::process::Command::new("setpriv")
         .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
-        .args(["flock", "--nonblock", "--shared"])
+        .args(["flock", "--no-fork", "--nonblock", "--shared"])
         .arg(&env.state)
         .args(["sleep", "60"])
         .stderr(std::process::Stdio::piped())
@@ -335,7 +335,7 @@ fn a_lock_on_another_filesystems_file_with_the_state_dirs_inode_number_is_not_th
     let decoy = decoy.expect("a file with the state dir's inode number");
     let mut flock = std::process::Command::new("setpriv")
         .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
-        .args(["flock", "--shared"])
+        .args(["flock", "--no-fork", "--shared"])
         .arg(&decoy)
         .args(["sleep", "60"])
         .spawn()
