@@ -1,6 +1,9 @@
-//! Operator commands fed what a careless admin or a hostile client gives
-//! them: a `--from` swapped while it is checked, distlink's own state dir
-//! as a `--from`, keep lists as other tools write them.
+//! Operator commands fed what a careless admin or a hostile user gives
+//! them: a `--from` swapped while it is checked or naming distlink's own
+//! state dir, keep lists as other tools and editors write them, a
+//! monitoring user locking the state dir or passing a lock of its own for
+//! the daemon's, a metrics path in the root or the state dir, mtimes in
+//! the future, a record left mid-commit.
 
 mod common;
 use common::*;
