@@ -87,7 +87,7 @@ pub struct Config {
     /// Where the daemon writes its metrics, if anywhere.
     pub metrics: Option<Metrics>,
     /// The group whose members may read the record (`status`, `check`):
-    /// the daemon makes the state dir root:GROUP 2750 at each start.
+    /// the daemon makes the state dir root:GROUP 2710 at each start.
     pub state_group: Option<String>,
     /// `run`: wait for the state lock instead of refusing when another
     /// daemon holds it (the standby of an active/standby pair).

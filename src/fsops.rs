@@ -346,6 +346,18 @@ pub fn open_dir_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno
     )
 }
 
+/// Opens a directory this user may search but perhaps not read as an
+/// `O_PATH` fd (never following a symlink): usable for `fstat` and as the
+/// base of `*at` calls, not for listing or locking it.
+pub fn search_dir_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+    nix::fcntl::openat(
+        dirfd,
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 /// Opens an absolute directory path chosen by the administrator (symlinks in
 /// it are the administrator's own and are followed).
 pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd, Errno> {

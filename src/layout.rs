@@ -150,8 +150,14 @@ impl Layout {
     /// or lies inside one of them, by identity (device and inode), however
     /// it was spelled: walks `..` from `dir` up to `/`, comparing each
     /// step with the root and every host dir of this layout (a bind mount
-    /// of a host dir is that dir). Says which, for a refusal.
-    pub fn holds_dir(&self, dir: BorrowedFd<'_>, path: &Path) -> Result<Option<String>> {
+    /// of a host dir is that dir), and the `extra` directories given by
+    /// (dev, ino) and what to call them. Says which, for a refusal.
+    pub fn holds_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        path: &Path,
+        extra: &[((u64, u64), String)],
+    ) -> Result<Option<String>> {
         let ids: Vec<((u64, u64), String)> = std::iter::once((
             (self.root_stat.dev, self.root_stat.ino),
             format!("the root {}", quote::path(&self.root)),
@@ -162,6 +168,7 @@ impl Layout {
                 format!("the dir of host {} ({})", h.name, quote::path(&h.path)),
             )
         }))
+        .chain(extra.iter().cloned())
         .collect();
         if let Some(what) = Self::walk_up(&ids, dir, path)? {
             return Ok(Some(what));
@@ -197,7 +204,7 @@ impl Layout {
             }
             let at = up.as_ref().map_or(dir, |f| f.as_fd());
             let parent =
-                fsops::open_dir_at(at, OsStr::new("..")).map_err(|e| Error::sys(path, e))?;
+                fsops::search_dir_at(at, OsStr::new("..")).map_err(|e| Error::sys(path, e))?;
             let pst = fsops::stat_fd(parent.as_fd()).map_err(|e| Error::sys(path, e))?;
             if (pst.dev, pst.ino) == (here.dev, here.ino) {
                 return Ok(None);

@@ -248,7 +248,12 @@ fn sys(p: &Path) -> impl Fn(Errno) -> Error + '_ {
 /// is followed or reused), fsynced, renamed over `path`, the dir fsynced.
 /// Readers see the old file or the new one, never a part. The temp name
 /// does not end in `.prom`, so the textfile collector never reads it.
-pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+///
+/// With `outside` (the root and the state dir), a `path` whose dir is one
+/// of them or lies inside one (by identity, as `migrate --from` is
+/// checked) is refused: in the root the file would be distributed to every
+/// host, in the state dir it could replace the record.
+pub fn write_atomically(path: &Path, text: &str, outside: Option<(&Path, &Path)>) -> Result<()> {
     let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
         return Err(Error::Config(format!(
             "metrics.path: {} is not a path to a file",
@@ -266,6 +271,24 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
         Mode::empty(),
     )
     .map_err(sys(dir))?;
+    if let Some((root, state)) = outside {
+        let state_id = match nix::sys::stat::stat(state) {
+            Ok(st) => vec![(
+                (st.st_dev, st.st_ino),
+                format!("the state dir {}", crate::quote::path(state)),
+            )],
+            Err(_) => Vec::new(),
+        };
+        let layout = crate::layout::Layout::open_root(root)?;
+        if let Some(what) = layout.holds_dir(dfd.as_fd(), dir, &state_id)? {
+            return Err(Error::Refused(format!(
+                "metrics.path {} lies in {what} (compared by identity): in the root it would be \
+                 distributed to every host as a download, in the state dir it could replace the \
+                 record. Choose a path outside both, e.g. in node_exporter's textfile directory",
+                crate::quote::path(path)
+            )));
+        }
+    }
     let mut tmp = OsString::from(".");
     tmp.push(file);
     tmp.push(format!(".{}.tmp", std::process::id()));
@@ -350,7 +373,7 @@ impl Publisher {
                         return None;
                     }
                 };
-                publish(&m.path, &render(&st, &stats, true), &failing);
+                publish(&m.path, &cfg, &render(&st, &stats, true), &failing);
                 Some(st)
             });
         match spawned {
@@ -394,15 +417,15 @@ impl Publisher {
             self.last = Some(st);
         }
         if let Some(st) = &self.last {
-            publish(&m.path, &render(st, &stats, false), &self.failing);
+            publish(&m.path, cfg, &render(st, &stats, false), &self.failing);
         }
     }
 }
 
 /// Writes the file; a failure is logged once (the daemon goes on), and
 /// the first write that works again says so.
-fn publish(path: &Path, text: &str, failing: &AtomicBool) {
-    match write_atomically(path, text) {
+fn publish(path: &Path, cfg: &Config, text: &str, failing: &AtomicBool) {
+    match write_atomically(path, text, Some((&cfg.root, &cfg.state_dir))) {
         Ok(()) => {
             if failing.swap(false, Ordering::Relaxed) {
                 tracing::info!(path = %crate::quote::path(path), "metrics written again");
@@ -438,7 +461,7 @@ mod tests {
             .join(format!(".distlink.prom.{}.tmp", std::process::id()));
         std::os::unix::fs::symlink(&target, &tmp).unwrap();
         let out = d.path().join("distlink.prom");
-        write_atomically(&out, "distlink_up 1\n").unwrap();
+        write_atomically(&out, "distlink_up 1\n", None).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
         assert_eq!(std::fs::read(&out).unwrap(), b"distlink_up 1\n");
         assert!(std::fs::symlink_metadata(&tmp).is_err());

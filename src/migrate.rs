@@ -4,7 +4,8 @@
 //! conflicts, and writes the record so the daemon starts clean.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -100,14 +101,24 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         ..MigrateReport::default()
     };
     let filter = NameFilter::new(&cfg.ignore)?;
-    if let Some(from) = &opts.from {
-        // Before anything is created (the record, a host dir).
-        refuse_from_inside(from, &Layout::open_existing(&cfg.root, &cfg.hosts)?.0)?;
-    }
+    // `--from` is opened once, checked, and only ever used through that
+    // fd: its path may lead through a dir someone else can write, who
+    // could point it at a host dir after the check. Checked before
+    // anything is created (the record, a host dir).
+    let from = match &opts.from {
+        Some(path) => {
+            let fd = crate::fsops::open_dir_path(path)
+                .map_err(|e| Error::Usage(format!("--from {}: {e}", quote::path(path))))?;
+            let layout = Layout::open_existing(&cfg.root, &cfg.hosts)?.0;
+            refuse_from_inside(path, fd.as_fd(), &layout, &cfg.state_dir)?;
+            Some(FromDir { path, fd })
+        }
+        None => None,
+    };
 
     // With the daemon running, only the move is ours to do.
     if let Some(pid) = state::lock_holder(&cfg.state_dir)? {
-        let Some(from) = &opts.from else {
+        let Some(from) = &from else {
             return Err(Error::Refused(format!(
                 "distlink (pid {pid}) holds the state lock {}; it already distributes every new \
                  file. Stop it to link everything with `distlink migrate`",
@@ -164,7 +175,7 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
             (l, s)
         }
     };
-    if let Some(from) = &opts.from {
+    if let Some(from) = &from {
         let idx = host
             .as_deref()
             .and_then(|h| layout.index_of(h))
@@ -172,7 +183,10 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
         let imported = import(from, &layout, idx, &filter, opts)?;
         if opts.dry_run {
             // The engine sees the files the real run would have moved in.
-            let fd = crate::fsops::open_dir_path(from).map_err(|e| Error::sys(from, e))?;
+            let fd = from.fd.try_clone().map_err(|e| Error::Io {
+                path: from.path.to_path_buf(),
+                source: e,
+            })?;
             let names = imported.names_in.iter().cloned().collect();
             layout.hosts[idx].pretend.moved_in = Some((fd, names));
         }
@@ -221,18 +235,38 @@ pub fn migrate(cfg: &Config, opts: &MigrateOpts) -> Result<MigrateReport> {
     Ok(report)
 }
 
+/// The `--from` dir: the path the admin gave (for messages) and the one
+/// directory it led to when it was checked.
+struct FromDir<'a> {
+    path: &'a Path,
+    fd: OwnedFd,
+}
+
 /// Refuses a `--from` that is the root, a host dir, or inside one of them
 /// (by identity, not path text): its files already belong to a host, and
 /// moving them would empty that host and record its names as pruned there.
-fn refuse_from_inside(from: &std::path::Path, layout: &Layout) -> Result<()> {
-    let fd = crate::fsops::open_dir_path(from)
-        .map_err(|e| Error::Usage(format!("--from {}: {e}", quote::path(from))))?;
-    match layout.holds_dir(std::os::fd::AsFd::as_fd(&fd), from)? {
+/// The state dir too: its files are the record.
+fn refuse_from_inside(
+    from: &Path,
+    fd: BorrowedFd<'_>,
+    layout: &Layout,
+    state: &Path,
+) -> Result<()> {
+    let state_id = match nix::sys::stat::stat(state) {
+        Ok(st) => vec![(
+            (st.st_dev, st.st_ino),
+            format!("the state dir {}", quote::path(state)),
+        )],
+        Err(nix::errno::Errno::ENOENT) => Vec::new(),
+        Err(e) => return Err(Error::sys(state, e)),
+    };
+    match layout.holds_dir(fd, from, &state_id)? {
         None => Ok(()),
         Some(what) => Err(Error::Refused(format!(
             "--from {} is {what} (compared by identity, not by path): its files already belong \
-             to a host. --from takes a flat DISTDIR outside the root; to migrate one that is the \
-             root itself, move it aside first (mv ROOT ROOT.old, mkdir ROOT) and give that",
+             to a host or to distlink. --from takes a flat DISTDIR outside the root; to migrate \
+             one that is the root itself, move it aside first (mv ROOT ROOT.old, mkdir ROOT) and \
+             give that",
             quote::path(from)
         ))),
     }
@@ -291,7 +325,7 @@ pub fn wait_for_young(
 }
 
 fn import(
-    from: &std::path::Path,
+    from: &FromDir<'_>,
     layout: &Layout,
     idx: usize,
     filter: &NameFilter,
@@ -300,7 +334,7 @@ fn import(
     let pb = bar(0, "moving");
     let mut done = 0;
     let imported = engine::import_flat(
-        from,
+        (from.fd.as_fd(), from.path),
         &layout.hosts[idx],
         filter,
         opts.copy,

@@ -205,9 +205,7 @@ pub fn prune(cfg: &Config, host: &str, sel: &Selection, dry_run: bool) -> Result
         .iter()
         .filter(|(name, st)| {
             keep.as_ref().is_none_or(|k| !k.contains(name))
-                && sel
-                    .older_than
-                    .is_none_or(|d| engine::old_enough(st, now, d))
+                && sel.older_than.is_none_or(|d| engine::age(st, now) >= d)
         })
         .collect();
     hold_back(
@@ -319,9 +317,15 @@ pub fn render(r: &PruneReport) -> String {
 ///   it go with it (a name ending in a blank is written with `\ `); a
 ///   line left empty is skipped;
 /// - a `\r` right before the `\n` is part of a CRLF line ending (a name
-///   ending in CR is written `\r`);
+///   ending in CR is written `\r`), and a byte-order mark (U+FEFF) that
+///   starts a line is dropped (a name starting with it is written
+///   `\u{feff}`);
 /// - a backslash starts an escape ([`unescape_name`]): the form distlink
 ///   prints names in, so a printed name can be pasted into a list.
+///
+/// Spaces and tabs at the ends of a line (not escaped) are kept as part
+/// of the name, and the name without them is kept too: a stray blank
+/// never costs a file.
 ///
 /// A name holding `/` is refused (a keep list names files, not paths: a
 /// list of paths would match nothing and remove everything), a URL with
@@ -333,8 +337,11 @@ pub fn parse_keep_lines(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, 
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }
+    // A byte-order mark (an editor's, or one per list joined with `cat`)
+    // is not part of a name: distlink writes U+FEFF as `\u{feff}`.
     let lines: Vec<&[u8]> = lines
         .into_iter()
+        .map(|l| l.strip_prefix(BOM).unwrap_or(l))
         .map(|l| strip_comment(l.strip_suffix(b"\r").unwrap_or(l)))
         .collect();
     // What emerge prints is the likeliest wrong list: said first.
@@ -357,9 +364,39 @@ pub fn parse_keep_lines(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, 
         }
         let name = unescape_name(line).map_err(at)?;
         keep_name(&mut names, name).map_err(at)?;
+        // Blanks at a line's ends are more often stray (pasted from a
+        // terminal) than part of a name: the name without them is kept
+        // too. Keeping a name no file has costs nothing.
+        let trimmed = trim_blanks(line);
+        if trimmed.len() != line.len() && !trimmed.is_empty() {
+            keep_name(&mut names, unescape_name(trimmed).map_err(at)?).map_err(at)?;
+        }
     }
     Ok(names)
 }
+
+/// A line without the spaces and tabs at its start and end; an escaped
+/// one (`\ `) at the end stays.
+fn trim_blanks(line: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = line.iter().position(|b| !blank(b)).unwrap_or(line.len());
+    let mut end = line.len();
+    while end > start && blank(&line[end - 1]) {
+        let slashes = line[start..end - 1]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b'\\')
+            .count();
+        if slashes % 2 == 1 {
+            break;
+        }
+        end -= 1;
+    }
+    &line[start..end]
+}
+
+/// U+FEFF in UTF-8, the byte-order mark some editors write first.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// A keep list line without its comment: a `#` at the start of the line
 /// or after a blank (space or tab) that is not escaped starts one, and the
@@ -390,14 +427,34 @@ fn strip_comment(line: &[u8]) -> &[u8] {
 
 /// Reads what `emerge --pretend --fetchonly` prints: for every distfile,
 /// a line of the URLs it can be fetched from. Every word holding `://` is
-/// a URL; its last path segment (without query or fragment),
-/// percent-decoded, is a name to keep. Other words (emerge's messages)
-/// are ignored. Text holding no URL at all is refused: it is not what
-/// emerge prints.
+/// a URL, and both names Portage can have given its file are kept:
+/// - what follows the word's last `/`, as it is (query, fragment, `%`
+///   and all): Portage's name for a file fetched from upstream
+///   (`os.path.basename` of the SRC_URI word), the only URL printed for
+///   a file that may not be mirrored;
+/// - its last path segment without query or fragment, percent-decoded:
+///   the name in a mirror's URL, which Portage percent-encodes.
+///
+/// The word after a `->` (a SRC_URI's rename, pasted in) is a name too.
+///
+/// Keeping a name no file has costs nothing; missing one removes a file.
+/// Other words (emerge's messages) are ignored. Text holding no URL at
+/// all is refused: it is not what emerge prints.
 pub fn parse_keep_urls(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, String> {
     let mut names = HashSet::new();
     let mut urls = 0;
+    let mut renamed = false;
     for word in bytes.split(|b| b.is_ascii_whitespace()) {
+        if word.is_empty() {
+            continue;
+        }
+        // SRC_URI's `URL -> NAME`: NAME is the distfile's name.
+        if std::mem::replace(&mut renamed, word == b"->") {
+            if !word.contains(&b'/') && !word.contains(&0) && word != b"." && word != b".." {
+                names.insert(OsString::from_vec(word.to_vec()));
+            }
+            continue;
+        }
         let Some(at) = word.windows(3).position(|w| w == b"://") else {
             continue;
         };
@@ -414,16 +471,18 @@ pub fn parse_keep_urls(bytes: &[u8]) -> std::result::Result<HashSet<OsString>, S
             .position(|b| *b == b'?' || *b == b'#')
             .unwrap_or(path.len())];
         let last = path.rsplit(|b| *b == b'/').next().unwrap_or_default();
-        let name = percent_decode(last);
-        if name.is_empty()
-            || name == b"."
-            || name == b".."
-            || name.contains(&b'/')
-            || name.contains(&0)
-        {
-            continue;
+        let upstream = rest.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        for name in [percent_decode(last), upstream.to_vec()] {
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.contains(&0)
+            {
+                continue;
+            }
+            names.insert(OsString::from_vec(name));
         }
-        names.insert(OsString::from_vec(name));
     }
     if urls == 0 {
         return Err(
@@ -609,12 +668,13 @@ mod tests {
     }
 
     #[test]
-    fn keep_lines_trim_nothing_and_skip_comments_and_blank_lines() {
+    fn keep_lines_keep_names_exactly_and_skip_comments_and_blank_lines() {
         assert_eq!(
             lines(b"# c\n\n a \r\n\\#b\nc\\r\r\n  # a comment\nlast # note\nx#y z\\ #w\ttab\t# t"),
             Ok(vec![
                 b" a ".to_vec(),
                 b"#b".to_vec(),
+                b"a".to_vec(),
                 b"c\r".to_vec(),
                 b"last".to_vec(),
                 b"x#y z #w\ttab".to_vec(),
@@ -673,18 +733,24 @@ mod tests {
                 "Calculating dependencies... done!\n\
                  https://distfiles.gentoo.org/distfiles/6a/gcc-14.2.0.tar.xz https://ftp.gnu.org/gnu/gcc/gcc-14.2.0/gcc-14.2.0.tar.xz \n\
                  \n\
-                 http://m/d/libsigc%2B%2B-3.6.0.tar.xz?raw=1#x ftp://h/a%20b%ZZ.tgz https://host-only.example"
+                 http://m/d/libsigc%2B%2B-3.6.0.tar.xz?raw=1#x ftp://h/a%20b%ZZ.tgz https://host-only.example\n\
+                 https://h/o/v1.zip  ->  p-1.zip -> a/b ->"
             ),
             vec![
                 b"a b%ZZ.tgz".to_vec(),
+                b"a%20b%ZZ.tgz".to_vec(),
                 b"gcc-14.2.0.tar.xz".to_vec(),
-                b"libsigc++-3.6.0.tar.xz".to_vec()
+                b"libsigc%2B%2B-3.6.0.tar.xz?raw=1#x".to_vec(),
+                b"libsigc++-3.6.0.tar.xz".to_vec(),
+                b"p-1.zip".to_vec(),
+                b"v1.zip".to_vec(),
             ]
         );
         assert!(parse_keep_urls(b"foo.tar.gz\nbar.tar.gz\n").is_err());
+        // Never a name holding `/`, `.` or `..`; `%2F` only as it is.
         assert_eq!(
-            urls("https://h/d/a%2Fb https://h/d/..  https://h/d/"),
-            Vec::<Vec<u8>>::new()
+            urls("https://h/d/a%2Fb https://h/d/..  https://h/d/ https://h/d/. https://h/x?p=a/.."),
+            vec![b"a%2Fb".to_vec(), b"x".to_vec()]
         );
     }
 
@@ -716,8 +782,22 @@ mod tests {
             proptest::prop_assume!(!name.contains(&b'/') && !name.contains(&0));
             let shown = quote::name(std::ffi::OsStr::from_bytes(&name)).to_string();
             for line in [shown.clone(), format!("{shown} # note"), format!("{shown}\t#")] {
+                // The name, and perhaps the name without (some of) the
+                // blanks at its ends.
+                let blank = |b: &u8| *b == b' ' || *b == b'\t';
+                let trimmed = |n: &Vec<u8>| {
+                    (0..=name.len()).any(|i| {
+                        name[..i].iter().all(blank)
+                            && name[i..].starts_with(n)
+                            && name[i + n.len()..].iter().all(blank)
+                    })
+                };
                 let got = lines(line.as_bytes());
-                proptest::prop_assert_eq!(&got, &Ok(vec![name.clone()]), "{}", line);
+                proptest::prop_assert!(
+                    got.as_ref()
+                        .is_ok_and(|v| v.contains(&name) && v.iter().all(trimmed)),
+                    "{}: {:?}", line, got
+                );
             }
         }
     }

@@ -408,7 +408,48 @@ fn open_read_only(state_dir: &Path) -> Result<Option<(Connection, PathBuf)>> {
     .map_err(db_err(&path))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(db_err(&path))?;
-    Ok(Some((conn, path)))
+    // A writer killed mid-commit leaves a hot rollback journal, which only
+    // a writer may roll back: the first read fails. The record is then
+    // read as the next writer will find it, rolled back on a copy.
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ReadOnly
+                && e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK =>
+        {
+            drop(conn);
+            Ok(Some((rolled_back_copy(state_dir)?, path)))
+        }
+        Err(e) => Err(db_err(&path)(e)),
+        Ok(_) => Ok(Some((conn, path))),
+    }
+}
+
+/// The record of `state_dir` copied (with its hot journal) into a scratch
+/// dir and opened there for writing, which rolls the copy back; the
+/// scratch dir is gone when this returns (the connection keeps the file).
+fn rolled_back_copy(state_dir: &Path) -> Result<Connection> {
+    let template = std::env::temp_dir().join("distlink-record-XXXXXX");
+    let scratch = nix::unistd::mkdtemp(&template).map_err(|e| Error::sys(&template, e))?;
+    let opened = (|| {
+        copy_record(state_dir, &scratch)?;
+        let path = scratch.join(DB_NAME);
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(db_err(&path))?;
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(db_err(&path))?;
+        Ok(conn)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    opened
 }
 
 /// (name, generation) → (size, mtime) when distributed, where known.

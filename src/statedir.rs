@@ -133,8 +133,13 @@ pub fn lock_holder(path: &Path) -> Result<Option<u32>> {
         // at once), where the state dir can be opened.
         Err(_) => return Ok(StateDir::open(path)?.holder()),
     };
-    let (major, minor) = (libc::major(st.st_dev) as u64, libc::minor(st.st_dev) as u64);
-    let mut by_inode = Vec::new();
+    // The device `/proc/locks` names is the superblock's; `stat` may
+    // report another (a btrfs subvolume's): the mount's entry in
+    // mountinfo gives the superblock's. A lock on an inode of the same
+    // number on any other device is someone else's (any user can lock a
+    // file of theirs whose number they chose), never the daemon's.
+    let mut devs = vec![(libc::major(st.st_dev) as u64, libc::minor(st.st_dev) as u64)];
+    devs.extend(superblock_dev(path));
     for line in locks.lines() {
         // "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF"; a waiter's
         // line has "->" after the number.
@@ -155,19 +160,35 @@ pub fn lock_holder(path: &Path) -> Result<Option<u32>> {
         ) else {
             continue;
         };
-        if ino != st.st_ino {
-            continue;
-        }
-        if (maj, min) == (major, minor) {
+        if ino == st.st_ino && devs.contains(&(maj, min)) {
             return Ok(Some(pid));
         }
-        by_inode.push(pid);
     }
-    // Filesystems whose stat reports another device than the superblock's
-    // (btrfs subvolumes): one lock on this inode number is taken as it.
-    Ok(match by_inode[..] {
-        [pid] => Some(pid),
-        _ => None,
+    Ok(None)
+}
+
+/// The device (major, minor) of the superblock of the filesystem `path`
+/// is on, from its mount's line in `/proc/self/mountinfo` (found by the
+/// mount id `statx` gives).
+fn superblock_dev(path: &Path) -> Option<(u64, u64)> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mnt_id = fsops::stat_fd(fd.as_fd()).ok()?.mnt_id;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw"
+    info.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let id: u64 = f.next()?.parse().ok()?;
+        let dev = f.nth(1)?;
+        if id != mnt_id {
+            return None;
+        }
+        let (maj, min) = dev.split_once(':')?;
+        Some((maj.parse().ok()?, min.parse().ok()?))
     })
 }
 
@@ -289,7 +310,15 @@ impl StateDir {
                 continue;
             };
             at.push(name);
-            let next = fsops::open_dir_at(fd.as_fd(), name).map_err(|e| match e {
+            // A dir this user may only search (the state dir as a
+            // `state_group` member sees it, mode 2710) is held as an
+            // `O_PATH` fd: enough to check it and open files in it, never
+            // to lock it.
+            let next = match fsops::open_dir_at(fd.as_fd(), name) {
+                Err(Errno::EACCES) => fsops::search_dir_at(fd.as_fd(), name),
+                r => r,
+            };
+            let next = next.map_err(|e| match e {
                 Errno::EACCES => unreadable(&at),
                 Errno::ELOOP | Errno::ENOTDIR => Error::Refused(format!(
                     "state dir: {} is not a directory (or was replaced by a symlink while being \
@@ -401,13 +430,16 @@ impl StateDir {
     }
 
     /// Lets the members of group `gid` read the record (`status`,
-    /// `check`): the state dir becomes root:gid 2750 (the setgid bit gives
+    /// `check`): the state dir becomes root:gid 2710 (the setgid bit gives
     /// files created later the group too) and its files root:gid 0640.
-    /// Nobody but root can write any of it, as before.
+    /// Nobody but root can write any of it, as before. The group may
+    /// search the dir, not read it: opening the dir is what a lock on it
+    /// needs, and a member holding one would keep the daemon from
+    /// starting (and pass for it in `status`).
     pub fn share_with_group(&self, gid: u32) -> Result<()> {
         let gid = Some(nix::unistd::Gid::from_raw(gid));
         nix::unistd::fchown(self.fd(), None, gid).map_err(|e| Error::sys(&self.path, e))?;
-        nix::sys::stat::fchmod(self.fd(), Mode::from_bits_truncate(0o2750))
+        nix::sys::stat::fchmod(self.fd(), Mode::from_bits_truncate(0o2710))
             .map_err(|e| Error::sys(&self.path, e))?;
         for name in ["state.db", "state.db-journal", "links.journal", PID_NAME, LOCK_NAME] {
             let f = match self.open_file(OsStr::new(name), false) {

@@ -107,7 +107,7 @@ fn an_unprivileged_reader_gets_an_error_or_with_state_group_the_truth() {
     assert_eq!(code, Some(0), "{out}{err}");
     // Writers are still root alone: the dir and files are not group-writable.
     let mode = fs::metadata(&env.state).unwrap().permissions().mode();
-    assert_eq!(mode & 0o7777, 0o2750);
+    assert_eq!(mode & 0o7777, 0o2710);
     let mode = fs::metadata(env.state.join("state.db"))
         .unwrap()
         .permissions()

@@ -1,7 +1,7 @@
 //! `migrate --from`: moving a flat DISTDIR into one host's dir.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -36,9 +36,10 @@ pub struct Imported {
 /// one filesystem, else (with `copy`) a copy that is fsynced and verified
 /// before the original is removed. A file never leaves its old place
 /// before it is complete in the new one; an existing name is never
-/// replaced.
+/// replaced. `src` is the flat dir, held open since it was checked
+/// (`from` is how it was named, for messages).
 pub fn import_flat(
-    from: &Path,
+    (src, from): (BorrowedFd<'_>, &Path),
     host: &crate::layout::HostDir,
     filter: &NameFilter,
     copy: bool,
@@ -46,17 +47,19 @@ pub fn import_flat(
     mut progress: impl FnMut(u64),
 ) -> Result<Imported> {
     use crate::error::Error;
-    let src = fsops::open_dir_path(from)
-        .map_err(|e| Error::Usage(format!("--from {}: {e}", quote::path(from))))?;
-    let sst = fsops::stat_fd(src.as_fd()).map_err(|e| Error::sys(from, e))?;
-    if sst.dev != host.stat.dev && !copy {
+    let sst = fsops::stat_fd(src).map_err(|e| Error::sys(from, e))?;
+    // `rename` crosses neither filesystems nor mounts (a bind mount of
+    // the same filesystem fails with EXDEV too).
+    let same_mount = sst.dev == host.stat.dev && sst.mnt_id == host.stat.mnt_id;
+    if !same_mount && !copy {
         return Err(Error::Usage(format!(
-            "--from {} is on another filesystem than {}; pass --copy to copy (fsync, verify, then remove)",
+            "--from {} is on another filesystem or mount than {}; pass --copy to copy (fsync, \
+             verify, then remove)",
             quote::path(from),
             quote::path(&host.path)
         )));
     }
-    let listing = list_candidates(src.as_fd(), from, filter).map_err(|e| Error::sys(from, e))?;
+    let listing = list_candidates(src, from, filter).map_err(|e| Error::sys(from, e))?;
     let mut out = Imported::default();
     let mut seq = 0u64;
     let mut files = listing.files;
@@ -69,21 +72,16 @@ pub fn import_flat(
             Ok(t) if t.ino == st.ino && t.dev == st.dev => {
                 // Already linked there: the source name is a spare link.
                 out.duplicates += 1;
-                if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {
+                if !dry_run && let Err(e) = fsops::unlink_at(src, &name) {
                     out.errors.push(err("unlink", e));
                 }
                 continue;
             }
             Ok(t) => {
-                match same_content(
-                    (src.as_fd(), from, &name),
-                    &st,
-                    (host.fd(), &host.path, &name),
-                    &t,
-                ) {
+                match same_content((src, from, &name), &st, (host.fd(), &host.path, &name), &t) {
                     Ok(true) => {
                         out.duplicates += 1;
-                        if !dry_run && let Err(e) = fsops::unlink_at(src.as_fd(), &name) {
+                        if !dry_run && let Err(e) = fsops::unlink_at(src, &name) {
                             out.errors.push(err("unlink", e));
                         }
                     }
@@ -105,15 +103,15 @@ pub fn import_flat(
         out.bytes += st.size;
         if dry_run {
             out.names_in.push(name.clone());
-            if sst.dev == host.stat.dev {
+            if same_mount {
                 out.moved += 1;
             } else {
                 out.copied += 1;
             }
             continue;
         }
-        if sst.dev == host.stat.dev {
-            match fsops::rename_noreplace(src.as_fd(), &name, host.fd(), &name) {
+        if same_mount {
+            match fsops::rename_noreplace(src, &name, host.fd(), &name) {
                 Ok(()) => out.moved += 1,
                 Err(e) => out.errors.push(err("rename into host dir", e)),
             }
@@ -125,12 +123,12 @@ pub fn import_flat(
         tmp.extend_from_slice(format!("{}.c{seq}", std::process::id()).as_bytes());
         let tmp = OsStr::from_bytes(&tmp).to_os_string();
         let res = (|| -> std::result::Result<(), String> {
-            let mut f = fsops::open_read_at(src.as_fd(), &name, &st).map_err(|e| err("open", e))?;
-            let (uid, gid) = fsops::owner_at(src.as_fd(), &name).map_err(|e| err("stat", e))?;
+            let mut f = fsops::open_read_at(src, &name, &st).map_err(|e| err("open", e))?;
+            let (uid, gid) = fsops::owner_at(src, &name).map_err(|e| err("stat", e))?;
             fsops::copy_new(&mut f, host.fd(), &tmp, &st, uid, gid)
                 .map_err(|e| FileError::new(&host.path, &tmp, "copy", e).to_string())?;
             let copied = fsops::stat_at(host.fd(), &tmp).map_err(|e| err("stat copy", e))?;
-            let mut a = fsops::open_read_at(src.as_fd(), &name, &st).map_err(|e| err("open", e))?;
+            let mut a = fsops::open_read_at(src, &name, &st).map_err(|e| err("open", e))?;
             let mut b =
                 fsops::open_read_at(host.fd(), &tmp, &copied).map_err(|e| err("open copy", e))?;
             if !fsops::same_bytes(&mut a, &mut b)
@@ -144,7 +142,7 @@ pub fn import_flat(
             fsops::rename_noreplace(host.fd(), &tmp, host.fd(), &name)
                 .map_err(|e| err("rename copy into place", e))?;
             fsops::fsync_fd(host.fd()).map_err(|e| err("fsync host dir", e))?;
-            fsops::unlink_at(src.as_fd(), &name).map_err(|e| err("remove original", e))?;
+            fsops::unlink_at(src, &name).map_err(|e| err("remove original", e))?;
             Ok(())
         })();
         match res {
@@ -157,7 +155,7 @@ pub fn import_flat(
     }
     if !dry_run {
         let _ = fsops::fsync_fd(host.fd());
-        let _ = fsops::fsync_fd(src.as_fd());
+        let _ = fsops::fsync_fd(src);
     }
     Ok(out)
 }

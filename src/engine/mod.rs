@@ -201,8 +201,18 @@ pub fn age(st: &FileStat, now: SystemTime) -> Duration {
 }
 
 /// Whether a file found by a scan counts as complete: its mtime is already
-/// older than the settle time.
+/// older than the settle time. An mtime in the future (set by `touch`,
+/// `wget -N`, `rsync -t` from a clock that runs ahead) says nothing of
+/// when the file was written, except that it was not written since (a
+/// write sets the mtime to now): its change time, when the mtime was set,
+/// is taken instead.
 pub fn old_enough(st: &FileStat, now: SystemTime, settle: Duration) -> bool {
+    let at = |ns: i64| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+    if at(st.mtime_ns) > now {
+        return now
+            .duration_since(at(st.ctime_ns))
+            .is_ok_and(|a| a >= settle);
+    }
     age(st, now) >= settle
 }
 
