@@ -441,7 +441,7 @@ impl StateDir {
         nix::unistd::fchown(self.fd(), None, gid).map_err(|e| Error::sys(&self.path, e))?;
         nix::sys::stat::fchmod(self.fd(), Mode::from_bits_truncate(0o2710))
             .map_err(|e| Error::sys(&self.path, e))?;
-        for name in ["state.db", "state.db-journal", "links.journal", PID_NAME, LOCK_NAME] {
+        for name in ["state.db", "state.db-journal", "links.journal", PID_NAME] {
             let f = match self.open_file(OsStr::new(name), false) {
                 Ok(f) => f,
                 Err(Errno::ENOENT) => continue,

@@ -254,37 +254,45 @@ fn a_state_group_member_cannot_take_the_state_lock() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("would be linked 0"), "{out}");
 
-    // The member tries for the lock, and holds it if it gets it.
-    let mut flock = std::process::Command::new("setpriv")
-        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
-        .args(["flock", "--no-fork", "--nonblock", "--shared"])
-        .arg(&env.state)
-        .args(["sleep", "60"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let held = flock.try_wait().unwrap().is_none();
-    let d = env.spawn(env.command("run", &[]));
-    let started = wait_until(WAIT, || {
-        d.log().contains("ready") || d.log().contains("holds the lock")
-    }) && d.log().contains("ready");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(flock.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = flock.wait();
-    assert!(!held, "a state_group member holds a lock on the state dir");
-    assert!(started, "the daemon did not start: {}", d.log());
-    // And the group still reads the truth.
-    let (code, out, err) = Env::output(env.reader_as_nobody("nogroup", "check", &["--daemon"]));
-    assert_eq!(code, Some(0), "{out}{err}");
-    let (code, out, err) = Env::output(env.reader_as_nobody("nogroup", "status", &[]));
-    assert_eq!(code, Some(0), "{out}{err}");
-    assert!(
-        out.contains(&format!("daemon running (pid {})", d.pid())),
-        "{out}"
-    );
+    // The member tries for the lock (the state dir's own, then the lock
+    // file's, which a network filesystem shares between machines), and
+    // holds it if it gets it.
+    for target in [env.state.clone(), env.state.join("lock")] {
+        let mut flock = std::process::Command::new("setpriv")
+            .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+            .args(["flock", "--no-fork", "--nonblock", "--shared"])
+            .arg(&target)
+            .args(["sleep", "60"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let held = flock.try_wait().unwrap().is_none();
+        let d = env.spawn(env.command("run", &[]));
+        let started = wait_until(WAIT, || {
+            d.log().contains("ready") || d.log().contains("holds the lock")
+        }) && d.log().contains("ready");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(flock.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = flock.wait();
+        assert!(
+            !held,
+            "a state_group member holds a lock on {}",
+            target.display()
+        );
+        assert!(started, "the daemon did not start: {}", d.log());
+        // And the group still reads the truth.
+        let (code, out, err) = Env::output(env.reader_as_nobody("nogroup", "check", &["--daemon"]));
+        assert_eq!(code, Some(0), "{out}{err}");
+        let (code, out, err) = Env::output(env.reader_as_nobody("nogroup", "status", &[]));
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            out.contains(&format!("daemon running (pid {})", d.pid())),
+            "{out}"
+        );
+    }
 }
 
 /// Any user can lock a file of their own whose inode number is the state

@@ -2,8 +2,11 @@
 //! and helpers that wait for (or rule out) links.
 #![allow(dead_code)]
 
-pub mod operator;
+pub mod ceph;
 pub mod mounts;
+pub mod openrc;
+pub mod operator;
+pub mod startup;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -426,6 +429,3 @@ pub fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
 pub fn umount(dir: &Path) {
     let _ = Command::new("umount").arg(dir).status();
 }
-pub mod openrc;
-pub mod startup;
-pub mod ceph;
