@@ -15,8 +15,8 @@ use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 /// Why the test cannot run here, if it cannot.
@@ -51,70 +51,6 @@ fn can_run(why: Option<String>) -> bool {
     false
 }
 
-/// A loop-mounted filesystem image; unmounted and its loop device freed on
-/// drop, also when the test fails.
-struct LoopMount {
-    dir: PathBuf,
-    image: PathBuf,
-}
-
-impl LoopMount {
-    /// Makes an ext4 with 128-byte inodes (no room for a birth time) in
-    /// `image` and mounts it on `dir`.
-    fn ext4_without_birth_time(image: &Path, dir: &Path) -> Result<LoopMount, String> {
-        let run = |c: &mut Command| -> Result<(), String> {
-            let out = c.stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{c:?} failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        };
-        fs::File::create(image)
-            .and_then(|f| f.set_len(32 << 20))
-            .map_err(|e| format!("cannot make {}: {e}", image.display()))?;
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-I", "128", "-N", "4096"])
-            .arg(image))?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(image)
-            .arg(dir))?;
-        Ok(LoopMount {
-            dir: dir.to_path_buf(),
-            image: image.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let quiet = |c: &mut Command| {
-            c.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !quiet(Command::new("umount").arg(&self.dir)) {
-            // Something still holds it (a daemon being killed): detach it
-            // now, it goes once the last user does.
-            quiet(Command::new("umount").arg("-l").arg(&self.dir));
-        }
-        // `mount -o loop` frees the device on unmount; a lazy unmount or an
-        // older mount may leave it bound.
-        if let Ok(out) = Command::new("losetup").arg("-j").arg(&self.image).output() {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(dev) = line.split(':').next().filter(|d| !d.is_empty()) {
-                    quiet(Command::new("losetup").args(["-d", dev]));
-                }
-            }
-        }
-    }
-}
-
 /// Whether `statx` reports a birth time for `path`.
 fn has_birth_time(path: &Path) -> bool {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
@@ -137,13 +73,14 @@ fn has_birth_time(path: &Path) -> bool {
 
 /// A three-host root on a fresh ext4 without birth time, the record kept
 /// outside it. `None` (after saying why) when this machine cannot do it.
-fn root_without_birth_time() -> Option<(Env, LoopMount)> {
+fn root_without_birth_time() -> Option<(Env, mounts::Mounted)> {
     if !can_run(missing_prerequisite()) {
         return None;
     }
     let mut env = Env::new(&[]);
     let image = env.tmp.path().join("ext4-128.img");
-    let mount = match LoopMount::ext4_without_birth_time(&image, &env.root) {
+    // 128-byte inodes: no room for a birth time.
+    let mount = match mounts::ext4_whole_seconds(&image, &env.root) {
         Ok(m) => m,
         Err(why) => {
             can_run(Some(format!("cannot loop-mount an ext4 here: {why}")));

@@ -15,21 +15,6 @@ fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("DISTLINK_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "DISTLINK_REQUIRE_TOOLS=1 but {tool} is missing"
-        );
-        eprintln!("skipped: {tool} is not installed");
-    }
-    ok
-}
-
 #[test]
 fn the_example_config_parses_and_states_the_defaults() {
     let cfg = Config::load(&Overrides {
@@ -90,7 +75,7 @@ fn the_systemd_unit_verifies_and_is_sandboxed() {
     ] {
         assert!(unit.lines().any(|l| l == line), "unit lacks {line:?}");
     }
-    if !have("systemd-analyze") {
+    if !common::tools::have("systemd-analyze", "systemd") {
         return;
     }
     // Verify a copy whose ExecStart points at the binary under test.
@@ -205,7 +190,7 @@ const SECURITY_EXPOSURE: f64 = 1.8;
 
 #[test]
 fn the_systemd_unit_stays_as_sandboxed_as_it_was() {
-    if !have("systemd-analyze") {
+    if !common::tools::have("systemd-analyze", "systemd") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -260,7 +245,7 @@ fn the_openrc_script_parses_and_passes_shellcheck() {
         let st = Command::new("sh").arg("-n").arg(repo(f)).status().unwrap();
         assert!(st.success(), "sh -n {f}");
     }
-    if !have("shellcheck") {
+    if !common::tools::have("shellcheck", "shellcheck") {
         return;
     }
     let out = Command::new("shellcheck")
