@@ -145,8 +145,15 @@ fn exit_one(sub: Option<&str>) -> &'static str {
             "A fatal error after the start (the record or a host dir could not be opened); \
              the log says which. Per-file problems never stop the daemon."
         }
-        Some("sync") => "Something was left undone: a link failed or is still owed to a host.",
-        Some("prune") => "A file could not be removed (each one is listed).",
+        Some("sync") => {
+            "Something was left undone: a link failed or is still owed to a host, or a file \
+             was still changing after the wait."
+        }
+        Some("prune") => {
+            "A file could not be removed (each one is listed), or the prune was held back and \
+             nothing removed: keep lists that name none of the host's files (without --force), \
+             or a selection that takes every file of the host (without --all)."
+        }
         Some("migrate") => {
             "Something was left undone: a link or an import failed, or a file was still \
              changing after the wait."
