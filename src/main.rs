@@ -26,7 +26,8 @@ enum Cmd {
         src: Source,
         #[command(flatten)]
         tuning: Tuning,
-        /// Scan every INTERVAL instead of using inotify (e.g. "30s").
+        /// Poll every INTERVAL instead of using inotify (e.g. "2s"): one statx
+        /// per host dir, listing only those that changed.
         #[arg(long, value_name = "INTERVAL", value_parser = duration)]
         poll: Option<Duration>,
         /// Make every start-up check (configuration, root, host dirs, state

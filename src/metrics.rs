@@ -204,7 +204,7 @@ pub fn render(s: &Status, stats: &Stats, up: bool) -> String {
         ),
         (
             "distlink_full_scans_total",
-            "Full scans of every host dir (start-up, rescans, polls).",
+            "Full scans of every host dir (start-up, overflow rescans, SIGHUP, full_scan_every).",
             stats.full_scans,
         ),
     ];

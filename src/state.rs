@@ -1,8 +1,8 @@
 //! The persistent record: which (name, file generation) were distributed,
 //! which hosts it knows, which links are still owed to a host, and the
-//! conflicts seen. Kept in SQLite (WAL mode, `synchronous=FULL`), so it
-//! survives power loss and other processes can read it while the daemon
-//! writes. An in-memory mirror answers the hot-path questions.
+//! conflicts seen. Kept in SQLite (a rollback journal, `synchronous=FULL`:
+//! no `-shm` mapping to fault on a full filesystem), so it survives power
+//! loss and other processes can read it between the daemon's commits. An in-memory mirror answers the hot-path questions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -186,7 +186,8 @@ pub struct Stats {
     pub merges: u64,
     /// inotify queue overflows (each one costs a full rescan).
     pub queue_overflows: u64,
-    /// Full scans of every host dir (start-up, rescans, polls).
+    /// Full scans of every host dir (start-up, overflow rescans, SIGHUP,
+    /// poll mode's `full_scan_every`; a poll tick is not one).
     pub full_scans: u64,
     /// How long the last full scan took, in milliseconds.
     pub last_full_scan_ms: Option<u64>,
