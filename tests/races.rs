@@ -194,3 +194,66 @@ fn a_different_copy_still_settling_elsewhere_is_not_linked_into_a_host_that_prun
     );
     drop(d);
 }
+
+/// b's `n.tar` was distributed, then pruned by a and c. Now a fetches a
+/// different version while c fetches b's again, both before distlink looks:
+/// a's arrival finds c's copy already there (and records it). c's copy is
+/// still merged into b's at its own arrival, not only by the next scan.
+#[test]
+fn a_copy_fetched_alongside_a_different_version_still_merges_with_its_identical_copy() {
+    let env = Env::new(&["a", "b", "c"]);
+    let d = env.start();
+    env.fetch("b", "n.tar", b"version of b");
+    env.wait_everywhere("n.tar");
+    fs::remove_file(env.path("a", "n.tar")).unwrap();
+    fs::remove_file(env.path("c", "n.tar")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Both renames land while distlink is not looking; a's event is first.
+    let sa = stage(&env, "a", "n.tar", b"a's newer version, longer");
+    let sc = stage(&env, "c", "n.tar", b"version of b");
+    d.signal(Signal::SIGSTOP);
+    fs::rename(&sa, env.path("a", "n.tar")).unwrap();
+    fs::rename(&sc, env.path("c", "n.tar")).unwrap();
+    d.signal(Signal::SIGCONT);
+    assert!(
+        wait_until(WAIT, || env.same_inode(&["b", "c"], "n.tar")),
+        "c's copy was never merged with b's identical one; log:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        fs::read(env.path("a", "n.tar")).unwrap(),
+        b"a's newer version, longer"
+    );
+    drop(d);
+}
+
+/// The same, found by the start-up scan: while distlink was stopped, a got
+/// a different version and c fetched b's again. The scan distributes a's
+/// (recording c's as a copy present), and still merges c's into b's.
+#[test]
+fn a_copy_found_by_the_scan_beside_a_different_new_version_merges_with_its_identical_copy() {
+    let env = Env::new(&["a", "b", "c"]);
+    let mut d = env.start();
+    env.fetch("b", "n.tar", b"version of b");
+    env.wait_everywhere("n.tar");
+    fs::remove_file(env.path("a", "n.tar")).unwrap();
+    fs::remove_file(env.path("c", "n.tar")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.stop().success());
+    env.fetch("a", "n.tar", b"a's newer version, longer");
+    env.fetch("c", "n.tar", b"version of b");
+    for h in ["a", "c"] {
+        env.age(h, "n.tar", Duration::from_secs(3600));
+    }
+    let d = env.start();
+    assert!(
+        env.same_inode(&["b", "c"], "n.tar"),
+        "c's copy was not merged with b's identical one at start-up; log:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        fs::read(env.path("a", "n.tar")).unwrap(),
+        b"a's newer version, longer"
+    );
+    drop(d);
+}

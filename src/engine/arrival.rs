@@ -4,7 +4,7 @@
 //! `CREATE` events cost no `stat`.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
 
@@ -42,7 +42,7 @@ impl Engine {
         if ineligible(&st).is_some() {
             return None;
         }
-        if self.store.is_known(name, st.id()) {
+        if self.store.is_known(name, st.id()) && !self.is_aside(name, &st) {
             if !created {
                 self.written_in_place(host, name, &st);
             }
@@ -110,19 +110,8 @@ impl Engine {
             return Ok(Arrival::Skipped(why));
         }
         if self.store.is_known(name, st.id()) {
-            // Recorded as a copy an earlier arrival of the name saw (two
-            // hosts fetched it at once): an identical copy elsewhere is
-            // merged with it now, not only at the next full scan. Nothing
-            // else is done (Merge mode fills no gap, records no conflict).
-            let others: Vec<usize> = (0..self.layout.hosts.len())
-                .filter(|&h| h != host)
-                .collect();
-            let split = others.iter().any(|&h| {
-                fsops::stat_at(self.layout.hosts[h].at(name), name)
-                    .is_ok_and(|s| s.ino != st.ino && s.size == st.size)
-            });
-            if self.dedupe && split {
-                self.converge_pinned(name, host, Some((fd, st)), st, &others, Mode::Merge)?;
+            if self.is_aside(name, &st) {
+                self.merge_aside(name, host, Some(fd), st)?;
             }
             return Ok(Arrival::Known);
         }
@@ -144,6 +133,35 @@ impl Engine {
             .filter(|&h| h != origin)
             .filter(|&h| held.is_none_or(|held| !held.contains(&self.layout.hosts[h].name)))
             .collect()
+    }
+
+    /// Whether `st` is a copy of `name` recorded beside another host's new
+    /// generation and not merged yet (see `aside`).
+    pub(super) fn is_aside(&self, name: &OsStr, st: &FileStat) -> bool {
+        // Usually empty: then no key is built.
+        !self.aside.is_empty() && self.aside.contains(&(name.to_os_string(), st.id()))
+    }
+
+    /// A copy recorded aside is complete now (it arrived, or a scan found it
+    /// old enough): merged with its identical copies in every host, with no
+    /// gap filled (a host lacking the name by now pruned it) and the
+    /// conflicts left as its recording arrival described them.
+    pub(super) fn merge_aside(
+        &mut self,
+        name: &OsStr,
+        host: usize,
+        pinned: Option<OwnedFd>,
+        st: FileStat,
+    ) -> std::result::Result<(), FileError> {
+        if self.dedupe {
+            let scope: Vec<usize> = (0..self.layout.hosts.len())
+                .filter(|&h| h != host)
+                .collect();
+            let pinned = pinned.map(|fd| (fd, st));
+            self.converge_pinned(name, host, pinned, st, &scope, Mode::Merge)?;
+        }
+        self.aside.remove(&(name.to_os_string(), st.id()));
+        Ok(())
     }
 
     /// A young generation was distributed (and recorded).

@@ -305,10 +305,13 @@ impl Engine {
             // this arrival was handled: recorded too, it never fills a gap
             // when its own turn comes (a host lacking the name by then has
             // pruned it). Without a stamp: it may still be being written,
-            // which is no write to a distributed file.
+            // which is no write to a distributed file. Compared with this
+            // file only, a new one is merged with its identical copies
+            // when its own turn comes (`merge_aside`).
             for (_, s) in different.iter().chain(&identical).chain(&pending) {
-                if ineligible(s).is_none() {
+                if ineligible(s).is_none() && !self.store.is_known(name, s.id()) {
                     self.store.record(name, s.id(), s.size, None);
+                    self.aside.insert((name.to_os_string(), s.id()));
                 }
             }
         }

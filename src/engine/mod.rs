@@ -164,6 +164,12 @@ pub struct Engine {
     /// before its group commit leaves exactly this: links everywhere, no
     /// record, a file still young at the restart.)
     held_young: rustc_hash::FxHashMap<(OsString, fsops::FileId), Vec<String>>,
+    /// Copies an arrival found beside its own generation and recorded (so
+    /// that they never fill a gap), not merged with their identical copies
+    /// yet: the arrival compared them with its own file only, and they may
+    /// not have been complete. Their own arrival, or a scan that finds them
+    /// complete, merges them (see `merge_aside`).
+    aside: rustc_hash::FxHashSet<(OsString, fsops::FileId)>,
     /// For tests of races only: called at each [`RacePoint`], so that a
     /// client can act exactly there. `None` in the daemon.
     #[doc(hidden)]
@@ -239,6 +245,7 @@ impl Engine {
             seq: 0,
             echoes: None,
             held_young: Default::default(),
+            aside: Default::default(),
             warned_writes: Default::default(),
             race_hook: None,
             stop: Default::default(),

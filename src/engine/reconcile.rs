@@ -158,6 +158,12 @@ impl Engine {
                         .get(n)
                         .is_some_and(|v| v.iter().any(|(_, s)| s.id() == *id))
             });
+            // A copy recorded aside that no host holds any more is gone.
+            self.aside.retain(|(n, id)| {
+                present
+                    .get(n)
+                    .is_some_and(|v| v.iter().any(|(_, s)| s.id() == *id))
+            });
         }
         young
     }
@@ -238,6 +244,34 @@ impl Engine {
                 Err(e) => tracing::warn!(error = %e, "will retry"),
             }
             acted = true;
+        }
+        // Copies recorded aside (by an arrival just now or before) are
+        // merged once complete: by the pass below when nothing new came,
+        // each from its own side when something did. A young one is
+        // settled first, like an unknown one.
+        for (h, st) in &inodes {
+            if !self.is_aside(name, st) {
+                continue;
+            }
+            if !old_enough(st, now, settle) {
+                if !young.iter().any(|y| y.host == *h && y.name == name) {
+                    young.push(Young {
+                        host: *h,
+                        name: name.to_os_string(),
+                        stat: *st,
+                    });
+                }
+                continue;
+            }
+            let still =
+                fsops::stat_at(self.layout.hosts[*h].fd(), name).is_ok_and(|now| now.ino == st.ino);
+            if acted && still {
+                if let Err(e) = self.merge_aside(name, *h, None, *st) {
+                    tracing::warn!(error = %e, "will retry");
+                }
+            } else {
+                self.aside.remove(&(name.to_os_string(), st.id()));
+            }
         }
         if !acted && inodes.len() > 1 {
             // All known, yet not one inode: merge identical copies and
