@@ -257,3 +257,34 @@ fn a_copy_found_by_the_scan_beside_a_different_new_version_merges_with_its_ident
     );
     drop(d);
 }
+
+/// Like the above, but c writes its copy in place: a's arrival records it
+/// half-written, and c's copy merges with b's once its write is complete.
+#[test]
+fn a_copy_written_in_place_while_another_host_fetched_merges_once_complete() {
+    use std::io::Write;
+    let env = Env::new(&["a", "b", "c"]);
+    let d = env.start();
+    env.fetch("b", "n.tar", b"version of b");
+    env.wait_everywhere("n.tar");
+    fs::remove_file(env.path("a", "n.tar")).unwrap();
+    fs::remove_file(env.path("c", "n.tar")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = fs::File::create(env.path("c", "n.tar")).unwrap();
+    c.write_all(b"version").unwrap();
+    c.flush().unwrap();
+    env.fetch("a", "n.tar", b"a's newer version, longer");
+    d.wait_log("conflict: same name", WAIT);
+    c.write_all(b" of b").unwrap();
+    drop(c);
+    assert!(
+        wait_until(WAIT, || env.same_inode(&["b", "c"], "n.tar")),
+        "c's copy was never merged with b's identical one; log:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        fs::read(env.path("a", "n.tar")).unwrap(),
+        b"a's newer version, longer"
+    );
+    drop(d);
+}
