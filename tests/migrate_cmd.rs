@@ -579,3 +579,41 @@ fn a_file_still_being_written_after_the_wait_is_reported_with_exit_1() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
 }
+
+#[test]
+fn copies_identical_to_each_other_but_not_to_the_first_host_are_merged_too() {
+    let mut env = Env::new(&["a", "b", "c"]);
+    env.settle = "0s".into();
+    env.write("a", "reroll.tar", b"version one, longer");
+    env.write("b", "reroll.tar", b"version two");
+    env.write("c", "reroll.tar", b"version two");
+    let (code, out, err) = Env::output(env.single("migrate", &["--dry-run", "--json"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let predicted = json(&out);
+    let (code, out, err) = Env::output(env.single("migrate", &["--json"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(env.same_inode(&["b", "c"], "reroll.tar"));
+    assert_eq!(
+        fs::read(env.path("a", "reroll.tar")).unwrap(),
+        b"version one, longer"
+    );
+    let r = json(&out);
+    assert_eq!(r["deduplicated"], 1, "{r}");
+    let conflicts = r["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{r}");
+    assert!(conflicts[0].as_str().unwrap().contains("2 versions"), "{r}");
+    // The dry run said as much.
+    assert_eq!(predicted["deduplicated"], 1, "{predicted}");
+    assert_eq!(
+        predicted["conflicts"].as_array().map(Vec::len),
+        Some(1),
+        "{predicted}"
+    );
+    assert!(
+        predicted["conflicts"][0]
+            .as_str()
+            .unwrap()
+            .contains("2 versions"),
+        "{predicted}"
+    );
+}

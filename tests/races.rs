@@ -202,7 +202,7 @@ fn a_different_copy_still_settling_elsewhere_is_not_linked_into_a_host_that_prun
 #[test]
 fn a_copy_fetched_alongside_a_different_version_still_merges_with_its_identical_copy() {
     let env = Env::new(&["a", "b", "c"]);
-    let d = env.start();
+    let mut d = env.start();
     env.fetch("b", "n.tar", b"version of b");
     env.wait_everywhere("n.tar");
     fs::remove_file(env.path("a", "n.tar")).unwrap();
@@ -224,7 +224,10 @@ fn a_copy_fetched_alongside_a_different_version_still_merges_with_its_identical_
         fs::read(env.path("a", "n.tar")).unwrap(),
         b"a's newer version, longer"
     );
-    drop(d);
+    // The conflict is recorded as it is now: two versions, not three.
+    assert!(d.stop().success());
+    let (_, check) = env.check();
+    assert!(check.contains("n.tar: 2 versions"), "{check}");
 }
 
 /// The same, found by the start-up scan: while distlink was stopped, a got

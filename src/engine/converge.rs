@@ -215,6 +215,8 @@ impl Engine {
                 }),
             }
         }
+        // The copies merged into the winner (or that a dry run would merge).
+        let mut merged: Vec<(usize, FileStat)> = Vec::new();
         if self.dedupe {
             // Every identical copy on another inode is replaced by the winner;
             // when the winner is not the origin, the origin's holders too.
@@ -232,10 +234,12 @@ impl Engine {
                     if s.nlink == 1 {
                         self.counters.reclaimed += s.size;
                     }
+                    merged.push((h, s));
                     continue;
                 }
                 match self.replace(h, name, wfd, &wst, &s) {
                     Ok(true) => {
+                        merged.push((h, s));
                         self.counters.merged += 1;
                         tracing::debug!(host = %self.layout.hosts[h].name, name = %quote::name(name),
                             "merged identical copy into one inode");
@@ -247,6 +251,7 @@ impl Engine {
                     Err(err) => tracing::debug!(error = %err, "merge not done; left as it is"),
                 }
             }
+            self.merged_into(name, &merged, wst.ino);
         }
 
         if mode != Mode::Merge {
@@ -311,7 +316,9 @@ impl Engine {
             for (_, s) in different.iter().chain(&identical).chain(&pending) {
                 if ineligible(s).is_none() && !self.store.is_known(name, s.id()) {
                     self.store.record(name, s.id(), s.size, None);
-                    self.aside.insert((name.to_os_string(), s.id()));
+                    if !merged.iter().any(|(_, m)| m.ino == s.ino) {
+                        self.aside.insert((name.to_os_string(), s.id()));
+                    }
                 }
             }
         }
@@ -335,6 +342,42 @@ impl Engine {
             }
         }
         Ok(failed)
+    }
+
+    /// The copies `merged` (host, what it held) of `name` now are the inode
+    /// `into`: none waits aside any more, and a recorded conflict that
+    /// named one of them names `into` (no row keeps an inode merged away).
+    fn merged_into(&mut self, name: &OsStr, merged: &[(usize, FileStat)], into: u64) {
+        if merged.is_empty() {
+            return;
+        }
+        for (_, s) in merged {
+            if !self.aside.is_empty() {
+                self.aside.remove(&(name.to_os_string(), s.id()));
+            }
+        }
+        let hosts = &self.layout.hosts;
+        let was = |host: &str, ino: u64| {
+            merged
+                .iter()
+                .any(|(h, s)| hosts[*h].name == host && s.ino == ino)
+        };
+        let mut list = self.store.conflicts_of(name).to_vec();
+        let mut changed = false;
+        for c in &mut list {
+            if was(&c.host, c.ino) {
+                c.ino = into;
+                changed = true;
+            }
+            if was(&c.other_host, c.other_ino) {
+                c.other_ino = into;
+                changed = true;
+            }
+        }
+        if changed {
+            list.retain(|c| c.ino != c.other_ino);
+            self.store.set_conflicts(name, list);
+        }
     }
 
     fn same_content(

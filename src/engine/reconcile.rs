@@ -263,8 +263,8 @@ impl Engine {
                 }
                 continue;
             }
-            let still =
-                fsops::stat_at(self.layout.hosts[*h].fd(), name).is_ok_and(|now| now.ino == st.ino);
+            let still = fsops::stat_at(self.layout.hosts[*h].at(name), name)
+                .is_ok_and(|now| now.ino == st.ino);
             if acted && still {
                 if let Err(e) = self.merge_aside(name, *h, None, *st) {
                     tracing::warn!(error = %e, "will retry");
@@ -464,6 +464,16 @@ impl Engine {
             if let Err(e) = self.converge(name, *h, *st, &scope, Mode::Arrival) {
                 tracing::warn!(error = %e, "not linked; run migrate again");
                 continue;
+            }
+            // Copies identical to each other but not to that one merge too.
+            for (h, st) in holders {
+                if self.is_aside(name, st)
+                    && fsops::stat_at(self.layout.hosts[*h].at(name), name)
+                        .is_ok_and(|now| now.ino == st.ino)
+                    && let Err(e) = self.merge_aside(name, *h, None, *st)
+                {
+                    tracing::warn!(error = %e, "not merged; the daemon merges it when it starts");
+                }
             }
             if !self.dry_run {
                 // Every copy left (conflicting ones too) counts as distributed.
