@@ -188,8 +188,16 @@ fn idx(host: usize, absent: Option<usize>) -> usize {
     }
 }
 
+/// Cases of the engine property test: 128, or `PROPTEST_CASES` for a longer hunt.
+fn engine_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: engine_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn the_engine_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
