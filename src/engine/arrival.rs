@@ -142,10 +142,10 @@ impl Engine {
         !self.aside.is_empty() && self.aside.contains(&(name.to_os_string(), st.id()))
     }
 
-    /// A copy recorded aside is complete now (it arrived, or a scan found it
-    /// old enough): merged with its identical copies in every host, with no
-    /// gap filled (a host lacking the name by now pruned it) and the
-    /// conflicts left as its recording arrival described them.
+    /// A copy recorded aside is complete now (it arrived, or a scan or
+    /// migrate found it old enough): merged with its identical copies in
+    /// every host, with no gap filled (a host lacking the name by now pruned
+    /// it); the recorded conflicts follow the merge (`merged_into`).
     pub(super) fn merge_aside(
         &mut self,
         name: &OsStr,

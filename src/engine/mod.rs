@@ -167,8 +167,8 @@ pub struct Engine {
     /// Copies an arrival found beside its own generation and recorded (so
     /// that they never fill a gap), not merged with their identical copies
     /// yet: the arrival compared them with its own file only, and they may
-    /// not have been complete. Their own arrival, or a scan that finds them
-    /// complete, merges them (see `merge_aside`).
+    /// not have been complete. Their own arrival, or a scan (or migrate)
+    /// that finds them complete, merges them (see `merge_aside`).
     aside: rustc_hash::FxHashSet<(OsString, fsops::FileId)>,
     /// For tests of races only: called at each [`RacePoint`], so that a
     /// client can act exactly there. `None` in the daemon.
