@@ -289,7 +289,10 @@ impl Engine {
             match fsops::stat_at(h.fd(), e.name) {
                 Ok(st) => {
                     seen.push(key);
-                    if super::ineligible(&st).is_none() && !self.store.is_known(e.name, st.id()) {
+                    // A copy an arrival recorded aside is still to arrive.
+                    if super::ineligible(&st).is_none()
+                        && (!self.store.is_known(e.name, st.id()) || self.is_aside(e.name, &st))
+                    {
                         t.found.push(Found {
                             host: i,
                             name: e.name.to_os_string(),
