@@ -242,3 +242,34 @@ fn an_idle_poll_lists_nothing_and_a_change_lists_only_its_dir() {
         d.log()
     );
 }
+
+/// b's `n.tar` was distributed, then pruned by a and c. c fetches a
+/// different version; just after the tick that listed c (a's dir already
+/// looked at), a fetches b's version again. c's arrival finds a's copy and
+/// records it; the next tick lists a: its copy still arrives and is merged
+/// with b's, not left apart until the next full scan.
+#[test]
+fn a_copy_recorded_by_another_arrival_before_its_dir_was_listed_still_merges() {
+    let env = Env::new(&["a", "b", "c"]);
+    let cfg = env.config("[watch]\nmode = \"poll\"\ninterval = \"2s\"\nfull_scan_every = \"1h\"\n");
+    let d = env.start_with(&["--config", &cfg.display().to_string()]);
+    env.fetch("b", "n.tar", b"version of b");
+    env.wait_everywhere("n.tar");
+    fs::remove_file(env.path("a", "n.tar")).unwrap();
+    fs::remove_file(env.path("c", "n.tar")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let c = listings_of(&d, "c");
+    env.fetch("c", "n.tar", b"c's newer version, longer");
+    assert!(wait_until(WAIT, || listings_of(&d, "c") > c), "{}", d.log());
+    // Within the settle time of c's file: before its arrival.
+    env.fetch("a", "n.tar", b"version of b");
+    assert!(
+        wait_until(WAIT, || env.same_inode(&["a", "b"], "n.tar")),
+        "a's copy was never merged with b's identical one; log:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        fs::read(env.path("c", "n.tar")).unwrap(),
+        b"c's newer version, longer"
+    );
+}
