@@ -111,6 +111,15 @@ fn main() {
     // committed results.
     if o.only.is_empty() {
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/RESULTS.md");
+        // The CephFS section is bench/ceph's (it needs a cluster): kept
+        // as it stands, between its markers.
+        if let Ok(old) = fs::read_to_string(&out)
+            && let Some(a) = old.find("<!-- cephfs rows: bench/ceph -->")
+            && let Some(b) = old[a..].find("<!-- end of cephfs rows -->")
+        {
+            md.push_str(&old[a..a + b + "<!-- end of cephfs rows -->".len()]);
+            md.push('\n');
+        }
         fs::write(&out, md).expect("write RESULTS.md");
         println!("\nwritten to {}", out.display());
     }
