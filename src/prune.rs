@@ -269,18 +269,29 @@ fn hold_back(
             "if it is right, add --force"
         };
         return Err(Error::HeldBack(format!(
-            "nothing removed: the keep list names {} files, none of them among the {files} files \
-             of host {host} (a list for another host? URLs, which go to --keep-urls?); {fix}",
-            k.len()
+            "nothing removed: the keep list names {}, none of them among the {} of host {host} \
+             (a list for another host? URLs, which go to --keep-urls?); {fix}",
+            count(k.len(), "file"),
+            count(files, "file")
         )));
     }
     if everything && !sel.all {
         return Err(Error::HeldBack(format!(
-            "nothing removed: the selection takes every file of host {host} ({files}); add --all \
-             if the host should be emptied"
+            "nothing removed: the selection takes every file of host {host} ({}); add --all \
+             if the host should be emptied",
+            count(files, "file")
         )));
     }
     Ok(())
+}
+
+/// "1 file", "3 files".
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 pub fn render(r: &PruneReport) -> String {
