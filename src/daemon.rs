@@ -223,6 +223,10 @@ const STANDBY_POLL: Duration = Duration::from_millis(250);
 /// meanwhile. `None` when SIGTERM/SIGINT came first. Once the lock is
 /// taken, the start-up continues as usual: a full reconcile, then `ready`.
 fn stand_by(cfg: &Config, signals: &mut Signals) -> Result<Option<Engine>> {
+    // What would refuse the start at takeover (a record describing another
+    // root, an unusable host dir, ...) refuses it now, as `run --check`
+    // does: a standby that could never take over must not wait for it.
+    start_up(cfg, Start::Check, None)?;
     let mut told = false;
     let mut extended: Option<Instant> = None;
     let mut wait = |holder: Option<u32>| {
