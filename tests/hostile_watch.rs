@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A standby is the daemon that must work at failover time: a standby
 /// that could never take over must say so when it is started, not wait for
@@ -60,4 +60,66 @@ fn a_standby_whose_host_dir_is_a_symlink_is_refused_before_it_waits() {
     assert!(!standby.log().contains("standing by"), "{}", standby.log());
     assert!(active.stop().success());
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+/// The active daemon (polling) is stopped between linking a file into
+/// every host and recording it; host b prunes it in that window; the
+/// active daemon is killed. The standby that takes over replays the links
+/// journal: the prune stays, and what arrives afterwards is distributed.
+#[test]
+fn a_standby_taking_over_from_a_poller_killed_inside_the_commit_window_keeps_the_prune() {
+    let mut env = Env::new(&["a", "b", "c"]);
+    env.extra = vec!["--poll".into(), "200ms".into()];
+    let mut active = env.start();
+    let mut standby = env.spawn(env.command("run", &["--standby"]));
+    standby.wait_log("standing by", WAIT);
+    env.move_in("a", "window.tar.gz", b"linked, pruned, never recorded");
+    assert!(wait_until(WAIT, || env.exists("b", "window.tar.gz")));
+    active.signal(nix::sys::signal::Signal::SIGSTOP);
+    std::fs::remove_file(env.path("b", "window.tar.gz")).unwrap();
+    active.kill9();
+    standby.wait_log("ready", WAIT);
+    env.stays_absent("b", "window.tar.gz");
+    assert!(env.same_inode(&["a", "c"], "window.tar.gz"));
+    env.fetch("c", "after.tar.gz", b"after the takeover");
+    env.wait_everywhere("after.tar.gz");
+    env.stays_absent("b", "window.tar.gz");
+    assert!(standby.stop().success(), "{}", standby.log());
+}
+
+/// Two standbys wait for one active daemon; when it dies exactly one takes
+/// over, the other goes on standing by (said once), and takes over in turn
+/// when the first one stops.
+#[test]
+fn of_two_standbys_racing_for_the_lock_exactly_one_takes_over() {
+    let mut env = Env::new(&["a", "b"]);
+    env.extra = vec!["--poll".into(), "200ms".into()];
+    let mut active = env.start();
+    let mut s1 = env.spawn(env.command("run", &["--standby"]));
+    let mut s2 = env.spawn(env.command("run", &["--standby"]));
+    s1.wait_log("standing by", WAIT);
+    s2.wait_log("standing by", WAIT);
+    active.kill9();
+    assert!(wait_until(WAIT, || s1.log().contains("ready")
+        || s2.log().contains("ready")));
+    std::thread::sleep(Duration::from_secs(1));
+    let (first, second) = if s1.log().contains("ready") {
+        (&mut s1, &mut s2)
+    } else {
+        (&mut s2, &mut s1)
+    };
+    assert!(
+        !second.log().contains(" ready ") && !second.log().contains("the state lock is ours"),
+        "both took over:\n{}\n---\n{}",
+        first.log(),
+        second.log()
+    );
+    assert_eq!(second.count_log("standing by"), 1, "{}", second.log());
+    env.fetch("a", "one.tar.gz", b"one");
+    env.wait_everywhere("one.tar.gz");
+    assert!(first.stop().success(), "{}", first.log());
+    second.wait_log("ready", WAIT);
+    env.fetch("b", "two.tar.gz", b"two");
+    env.wait_everywhere("two.tar.gz");
+    assert!(second.stop().success(), "{}", second.log());
 }
