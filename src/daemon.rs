@@ -982,7 +982,16 @@ impl Daemon {
             }
         }
         self.engine.hosts_changed();
-        self.settler.remap_hosts(|h| map.get(h).copied().flatten());
+        // Every key naming a host by its index follows the new numbering.
+        let remap = |h: usize| map.get(h).copied().flatten();
+        self.settler.remap_hosts(remap);
+        self.ready.remap_hosts(remap);
+        if let Some((young, _)) = self.starting.as_mut() {
+            *young = std::mem::take(young)
+                .into_iter()
+                .filter_map(|(h, n)| remap(h).map(|nh| (nh, n)))
+                .collect();
+        }
         self.engine.filter = filter;
         self.engine.dedupe = new.dedupe;
         self.settler.set_settle(new.settle);

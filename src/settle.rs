@@ -287,6 +287,19 @@ impl Ready {
     pub fn len(&self) -> usize {
         self.queue.len()
     }
+
+    /// The host dirs were renumbered (a reload): each queued key follows
+    /// its host; a removed host's are dropped. Never left as they were: an
+    /// index now naming another host would take its file as complete.
+    pub fn remap_hosts(&mut self, map: impl Fn(usize) -> Option<usize>) {
+        let old = std::mem::take(&mut self.queue);
+        self.queued.clear();
+        for (h, n) in old {
+            if let Some(nh) = map(h) {
+                self.push((nh, n));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

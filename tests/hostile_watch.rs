@@ -123,3 +123,66 @@ fn of_two_standbys_racing_for_the_lock_exactly_one_takes_over() {
     env.wait_everywhere("two.tar.gz");
     assert!(second.stop().success(), "{}", second.log());
 }
+
+/// A burst of downloads completes in host b (more than one round of
+/// arrivals, so some wait in the queue of complete files) while host c
+/// holds files of the same names still being written. SIGHUP reloads a
+/// config without host a: every host after it moves up one place. What
+/// was queued as complete in b must stay b's: taken for c's, c's
+/// half-written files would be linked into d at once.
+#[test]
+fn a_reload_that_removes_a_host_never_takes_a_queued_arrival_for_another_hosts_file() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new(&["a", "b", "c", "d"]);
+    let conf = |hosts: &str| {
+        env.config(&format!(
+            "root = \"{}\"\nstate_dir = \"{}\"\nhosts = [{hosts}]\nsettle = \"30s\"\n",
+            env.root.display(),
+            env.state.display(),
+        ))
+    };
+    let cfg = conf("\"a\", \"b\", \"c\", \"d\"");
+    let mut c = std::process::Command::new(bin());
+    c.arg("run").arg("--config").arg(&cfg);
+    c.env("DISTLINK_LOG", "info");
+    let d = env.spawn(c);
+    d.wait_log("ready", WAIT);
+    const N: usize = 1500;
+    let name = |i: usize| format!("burst-{i:05}.tar.gz");
+    // c's downloads in progress: open for writing, half there.
+    let mut writing = Vec::new();
+    for i in 0..N {
+        let mut f = std::fs::File::create(env.path("c", name(i))).unwrap();
+        std::io::Write::write_all(&mut f, b"half of c's ").unwrap();
+        writing.push(f);
+    }
+    // b's downloads, staged in the root, renamed in at once (complete).
+    let stage = env.root.join(".stage");
+    std::fs::create_dir(&stage).unwrap();
+    for i in 0..N {
+        std::fs::write(stage.join(name(i)), format!("b's complete file {i}")).unwrap();
+    }
+    let _ = conf("\"b\", \"c\", \"d\"");
+    for i in 0..N {
+        std::fs::rename(stage.join(name(i)), env.path("b", name(i))).unwrap();
+    }
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("config reloaded", WAIT);
+    std::thread::sleep(Duration::from_secs(3));
+    let ino = |h: &str, n: &str| {
+        std::fs::symlink_metadata(env.path(h, n))
+            .ok()
+            .map(|m| m.ino())
+    };
+    let leaked: Vec<String> = (0..N)
+        .map(name)
+        .filter(|n| ino("d", n).is_some() && ino("d", n) == ino("c", n))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{} half-written files of c reached d, e.g. {:?}",
+        leaked.len(),
+        leaked.first()
+    );
+    drop(writing);
+}
