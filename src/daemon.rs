@@ -969,6 +969,8 @@ impl Daemon {
             .iter()
             .map(|h| h.name.clone())
             .collect();
+        // The dirs linked into are fsynced by their index: before it changes.
+        self.engine.sync_links();
         let map = match self.engine.layout.set_hosts(&new.hosts) {
             Ok(m) => m,
             Err(e) => {

@@ -289,6 +289,14 @@ impl Engine {
         if self.dry_run {
             return Ok(());
         }
+        self.sync_links();
+        self.store.commit()
+    }
+
+    /// Makes the links made so far durable (fsyncs the host dirs linked
+    /// into). Done before the host dirs are renumbered (a reload): the dirs
+    /// to fsync are known by their index.
+    pub fn sync_links(&mut self) {
         let dirs: Vec<&crate::layout::HostDir> = std::mem::take(&mut self.touched)
             .into_iter()
             .filter_map(|h| self.layout.hosts.get(h))
@@ -313,7 +321,6 @@ impl Engine {
                 }
             });
         }
-        self.store.commit()
     }
 }
 
