@@ -762,15 +762,20 @@ impl Daemon {
                     Kind::Removed => {
                         self.engine.take_echo(key.0, &key.1);
                         self.settler.forget(&key);
+                        self.ready.forget(&key);
                     }
                     Kind::MovedIn => {
                         self.engine.host_holds(key.0, &key.1);
                         self.settler.forget(&key);
-                        self.ready.push(key);
+                        // Complete at once: the file renamed in, no other.
+                        let id = self.stat_now(&key).map(|st| st.id());
+                        self.ready.push(key, id);
                     }
                     Kind::Created | Kind::ClosedWrite => {
                         let created = kind == Kind::Created;
                         if created {
+                            // A new file under a name queued as complete.
+                            self.ready.forget(&key);
                             self.engine.host_holds(key.0, &key.1);
                         }
                         let Some(st) = self.engine.changed(host, &key.1, created) else {
@@ -816,9 +821,13 @@ impl Daemon {
     }
 
     /// What the file looks like now (`None`: gone or unreadable).
-    fn stamp_now(&self, (host, name): &settle::Key) -> Option<Stamp> {
+    fn stamp_now(&self, key: &settle::Key) -> Option<Stamp> {
+        self.stat_now(key).map(|st| Stamp::of(&st))
+    }
+
+    fn stat_now(&self, (host, name): &settle::Key) -> Option<fsops::FileStat> {
         let dir = self.engine.layout.hosts.get(*host)?.fd();
-        fsops::stat_at(dir, name).ok().map(|st| Stamp::of(&st))
+        fsops::stat_at(dir, name).ok()
     }
 
     /// Settles due files, distributes complete ones, retries, rescans.
@@ -835,7 +844,8 @@ impl Daemon {
         }
         let now = Instant::now();
         for key in self.settler.due(now) {
-            let stamp = self.stamp_now(&key);
+            let st = self.stat_now(&key);
+            let stamp = st.as_ref().map(Stamp::of);
             // Unchanged for the settle time: complete only when nobody has
             // it open for writing any more (asked with a read lease).
             let probe = self.settler.probes_writers();
@@ -848,15 +858,16 @@ impl Daemon {
                 self.no_leases(e);
             }
             if verdict == Verdict::Complete {
-                self.ready.push(key);
+                // The generation that stayed unchanged is the one linked.
+                self.ready.push(key, st.map(|st| st.id()));
             }
         }
         // One round of arrivals, then back to the event queue.
         let round = Instant::now();
         while round.elapsed() < ROUND
-            && let Some((host, name)) = self.ready.pop()
+            && let Some(((host, name), id)) = self.ready.pop()
         {
-            self.arrive(host, name);
+            self.arrive(host, name, id);
         }
         if let Some(t) = self.next_poll
             && t <= now
@@ -906,11 +917,11 @@ impl Daemon {
         }
     }
 
-    fn arrive(&mut self, host: usize, name: OsString) {
+    fn arrive(&mut self, host: usize, name: OsString, id: Option<fsops::FileId>) {
         if host >= self.engine.layout.hosts.len() {
             return;
         }
-        let arrived = self.engine.arrive(host, &name);
+        let arrived = self.engine.arrive_as(host, &name, id);
         if matches!(arrived, Ok(Arrival::Distributed))
             && let Some(p) = self.poller.as_mut()
         {
@@ -926,6 +937,14 @@ impl Daemon {
             Ok(Arrival::Skipped(why)) => tracing::debug!(
                 host = %self.engine.layout.hosts[host].name, name = %quote::name(&name), why, "not a candidate"),
             Ok(Arrival::Known | Arrival::Gone) => {}
+            Ok(Arrival::Replaced) => {
+                tracing::debug!(host = %self.engine.layout.hosts[host].name, name = %quote::name(&name),
+                    "replaced since found complete; settling the new file");
+                let key = (host, name);
+                if let Some(stamp) = self.stamp_now(&key) {
+                    self.settler.note(key, Seen::Scanned, stamp, Instant::now());
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "will look again after the settle time");
                 let key = (host, name);

@@ -186,3 +186,109 @@ fn a_reload_that_removes_a_host_never_takes_a_queued_arrival_for_another_hosts_f
     );
     drop(writing);
 }
+
+/// A burst of downloads completes in host b; while they wait to be
+/// distributed, b's dir is moved aside and a new one made in its place,
+/// holding files of the same names still being written. What was queued
+/// as complete was the old dir's: the new dir's half-written files must not
+/// reach a peer.
+#[test]
+fn a_host_dir_replaced_while_its_arrivals_wait_never_distributes_the_new_dirs_half_written_files() {
+    use std::os::unix::fs::MetadataExt;
+    let mut env = Env::new(&["a", "b", "c"]);
+    env.settle = "30s".into();
+    let d = env.start();
+    const N: usize = 1500;
+    let name = |i: usize| format!("burst-{i:05}.tar.gz");
+    let stage = env.root.join(".stage");
+    std::fs::create_dir(&stage).unwrap();
+    for i in 0..N {
+        std::fs::write(stage.join(name(i)), format!("b's complete file {i}")).unwrap();
+    }
+    // The new dir, made ready beside (a dot name: not a candidate).
+    let new = env.root.join(".b.new");
+    std::fs::create_dir(&new).unwrap();
+    let mut writing = Vec::new();
+    for i in 0..N {
+        let mut f = std::fs::File::create(new.join(name(i))).unwrap();
+        std::io::Write::write_all(&mut f, b"half of the new b's ").unwrap();
+        writing.push(f);
+    }
+    for i in 0..N {
+        std::fs::rename(stage.join(name(i)), env.path("b", name(i))).unwrap();
+    }
+    std::fs::rename(env.dir("b"), env.root.join(".b.old")).unwrap();
+    std::fs::rename(&new, env.dir("b")).unwrap();
+    d.wait_log("host dir vanished or was replaced", WAIT);
+    std::thread::sleep(Duration::from_secs(3));
+    let ino = |h: &str, n: &str| {
+        std::fs::symlink_metadata(env.path(h, n))
+            .ok()
+            .map(|m| m.ino())
+    };
+    let leaked: Vec<String> = (0..N)
+        .map(name)
+        .filter(|n| {
+            ino("b", n).is_some() && (ino("a", n) == ino("b", n) || ino("c", n) == ino("b", n))
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{} half-written files of the new b reached a peer, e.g. {:?}\n{}",
+        leaked.len(),
+        leaked.first(),
+        d.log()
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(writing);
+}
+
+/// A burst of downloads completes in host b; while they wait to be
+/// distributed, a client deletes each one and starts writing a new file
+/// under the same name. The new files are half-written: only the files
+/// found complete may be linked.
+#[test]
+fn a_queued_arrival_replaced_by_a_file_being_written_is_not_linked() {
+    use std::os::unix::fs::MetadataExt;
+    let mut env = Env::new(&["a", "b", "c"]);
+    env.settle = "30s".into();
+    let _d = env.start();
+    const N: usize = 1500;
+    let name = |i: usize| format!("burst-{i:05}.tar.gz");
+    let stage = env.root.join(".stage");
+    std::fs::create_dir(&stage).unwrap();
+    for i in 0..N {
+        std::fs::write(stage.join(name(i)), format!("b's complete file {i}")).unwrap();
+    }
+    for i in 0..N {
+        std::fs::rename(stage.join(name(i)), env.path("b", name(i))).unwrap();
+    }
+    let mut writing = Vec::new();
+    for i in (0..N).rev() {
+        let _ = std::fs::remove_file(env.path("b", name(i)));
+        let mut f = std::fs::File::create(env.path("b", name(i))).unwrap();
+        std::io::Write::write_all(&mut f, b"half of a new one").unwrap();
+        writing.push(f);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let ino = |h: &str, n: &str| {
+        std::fs::symlink_metadata(env.path(h, n))
+            .ok()
+            .map(|m| m.ino())
+    };
+    let leaked: Vec<String> = (0..N)
+        .map(name)
+        .filter(|n| ino("a", n) == ino("b", n) || ino("c", n) == ino("b", n))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{} half-written files reached a peer, e.g. {:?}",
+        leaked.len(),
+        leaked.first()
+    );
+    drop(writing);
+}

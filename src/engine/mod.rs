@@ -84,6 +84,10 @@ pub enum Arrival {
     Known,
     /// Distributed now.
     Distributed,
+    /// The name holds another file than the one found complete (replaced,
+    /// or its host dir swapped, since): nothing was linked; the caller
+    /// settles the new one.
+    Replaced,
 }
 
 /// A point in the middle of converging a name where the scenario tests
