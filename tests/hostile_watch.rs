@@ -99,6 +99,10 @@ fn of_two_standbys_racing_for_the_lock_exactly_one_takes_over() {
     let mut s2 = env.spawn(env.command("run", &["--standby"]));
     s1.wait_log("standing by", WAIT);
     s2.wait_log("standing by", WAIT);
+    // `run --check` meanwhile: passes, taking no lock from anyone.
+    let (code, out, err) = Env::output(env.command("run", &["--check"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(format!("{out}{err}").contains("in use"), "{out}{err}");
     active.kill9();
     assert!(wait_until(WAIT, || s1.log().contains("ready")
         || s2.log().contains("ready")));
@@ -291,4 +295,36 @@ fn a_queued_arrival_replaced_by_a_file_being_written_is_not_linked() {
         leaked.first()
     );
     drop(writing);
+}
+
+/// Poll mode: a download appended to slowly, its writer pausing longer
+/// than the settle time with the file open, is not linked before the
+/// writer closes it; meanwhile host b's dir is replaced by a symlink to a
+/// dir outside the root, which is never followed.
+#[test]
+fn polling_a_slow_writer_waits_for_it_and_a_host_dir_swapped_for_a_symlink_leads_nowhere() {
+    let mut env = Env::new(&["a", "b", "c"]);
+    env.extra = vec!["--poll".into(), "200ms".into()];
+    env.settle = "500ms".into();
+    let _d = env.start();
+    let outside = env.tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::rename(env.dir("b"), env.root.join(".b.old")).unwrap();
+    std::os::unix::fs::symlink(&outside, env.dir("b")).unwrap();
+    let mut f = std::fs::File::create(env.path("a", "slow.tar.gz")).unwrap();
+    for part in 0..4 {
+        std::io::Write::write_all(&mut f, format!("part {part}\n").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(
+            !env.exists("c", "slow.tar.gz"),
+            "linked while still being written (after part {part})"
+        );
+    }
+    drop(f);
+    assert!(wait_until(WAIT, || env.same_inode(&["a", "c"], "slow.tar.gz")));
+    assert_eq!(
+        std::fs::read(env.path("c", "slow.tar.gz")).unwrap().len(),
+        28
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
