@@ -1,6 +1,7 @@
 //! `distlink run` and `distlink sync`: start-up, the event loop, signals,
 //! reload and readiness.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -372,6 +373,9 @@ struct Daemon {
     /// The engine's counts already added to the record's running totals:
     /// links made, merges, new generations recorded.
     tallied: (u64, u64, u64),
+    /// Host dirs found unusable, by name, with the error said (each said
+    /// once, not at every poll tick, until it changes or the dir is fixed).
+    unusable: HashMap<String, String>,
 }
 
 /// Signals, turned into flags plus a wake-up byte on a socket the event
@@ -480,6 +484,7 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         starting: None,
         metrics: Default::default(),
         tallied: (0, 0, 0),
+        unusable: HashMap::new(),
     };
     d.engine.track_echoes(d.watcher.is_some());
     // Watches are in place before the scan, so nothing slips between them.
@@ -804,6 +809,7 @@ impl Daemon {
         match self.engine.layout.reopen_host(i) {
             Ok(how) => {
                 let h = &self.engine.layout.hosts[i];
+                self.unusable.remove(&h.name);
                 tracing::warn!(host = %h.name, path = %quote::path(&h.path), how = ?how,
                     "host dir vanished or was replaced; now watching the new one");
                 if let Some(w) = self.watcher.as_mut()
@@ -816,7 +822,13 @@ impl Daemon {
                 self.rescan = true;
                 self.engine.retry_now();
             }
-            Err(e) => tracing::error!(error = %e, "host dir unusable; will try again"),
+            Err(e) => {
+                let (name, e) = (self.engine.layout.hosts[i].name.clone(), e.to_string());
+                if self.unusable.get(&name) != Some(&e) {
+                    tracing::error!(error = %e, "host dir unusable; will try again");
+                    self.unusable.insert(name, e);
+                }
+            }
         }
     }
 

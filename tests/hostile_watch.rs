@@ -328,3 +328,25 @@ fn polling_a_slow_writer_waits_for_it_and_a_host_dir_swapped_for_a_symlink_leads
     );
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
+
+/// Poll mode: a host dir swapped for a symlink is refused every tick until
+/// it is a dir again, but said once (a tick every 200 ms must not make a
+/// log line each), and said again once it is fixed.
+#[test]
+fn polling_a_host_dir_that_stays_a_symlink_says_so_once_and_recovers() {
+    let mut env = Env::new(&["a", "b"]);
+    env.extra = vec!["--poll".into(), "200ms".into()];
+    let d = env.start();
+    let outside = env.tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::rename(env.dir("b"), env.root.join(".b.old")).unwrap();
+    std::os::unix::fs::symlink(&outside, env.dir("b")).unwrap();
+    d.wait_log("host dir unusable", WAIT);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.count_log("host dir unusable"), 1, "{}", d.log());
+    std::fs::remove_file(env.dir("b")).unwrap();
+    std::fs::create_dir(env.dir("b")).unwrap();
+    env.fetch("a", "after.tar.gz", b"after");
+    env.wait_everywhere("after.tar.gz");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
