@@ -350,3 +350,36 @@ fn polling_a_host_dir_that_stays_a_symlink_says_so_once_and_recovers() {
     env.wait_everywhere("after.tar.gz");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
+
+/// `run --check` with `[watch] mode = "inotify"` on a FUSE mount (bindfs,
+/// standing in for ceph-fuse) refuses as `run` does, with the same exit
+/// code and reason, creating nothing; a standby is refused the same way
+/// before it waits.
+#[test]
+fn run_check_and_a_standby_refuse_explicit_inotify_on_a_fuse_mount_as_run_does() {
+    if !mounts::can_run(mounts::missing(&["bindfs", "mount", "umount"])) {
+        return;
+    }
+    let f = match mounts::FuseRoot::new(&["a", "b"]) {
+        Ok(f) => f,
+        Err(why) => {
+            assert!(mounts::can_run(Some(why)), "unreachable");
+            return;
+        }
+    };
+    let env = &f.env;
+    let cfg = env.config("[watch]\nmode = \"inotify\"\n");
+    let cfg = cfg.display().to_string();
+    let mut run = env.spawn(env.command("run", &["--config", &cfg]));
+    assert_eq!(run.wait(WAIT).code(), Some(2), "{}", run.log());
+    let (code, out, err) = Env::output(env.command("run", &["--config", &cfg, "--check"]));
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(err.contains("mode = \"inotify\" refused"), "{err}");
+    let mut standby = env.spawn(env.command("run", &["--config", &cfg, "--standby"]));
+    assert_eq!(standby.wait(WAIT).code(), Some(2), "{}", standby.log());
+    assert!(!standby.log().contains("standing by"), "{}", standby.log());
+    assert!(
+        !env.state.exists(),
+        "something was created in the state dir"
+    );
+}
