@@ -1,6 +1,7 @@
 //! `distlink run` and `distlink sync`: start-up, the event loop, signals,
 //! reload and readiness.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -223,6 +224,10 @@ const STANDBY_POLL: Duration = Duration::from_millis(250);
 /// meanwhile. `None` when SIGTERM/SIGINT came first. Once the lock is
 /// taken, the start-up continues as usual: a full reconcile, then `ready`.
 fn stand_by(cfg: &Config, signals: &mut Signals) -> Result<Option<Engine>> {
+    // What would refuse the start at takeover (a record describing another
+    // root, an unusable host dir, ...) refuses it now, as `run --check`
+    // does: a standby that could never take over must not wait for it.
+    start_up(cfg, Start::Check, None)?;
     let mut told = false;
     let mut extended: Option<Instant> = None;
     let mut wait = |holder: Option<u32>| {
@@ -368,6 +373,9 @@ struct Daemon {
     /// The engine's counts already added to the record's running totals:
     /// links made, merges, new generations recorded.
     tallied: (u64, u64, u64),
+    /// Host dirs found unusable, by name, with the error said (each said
+    /// once, not at every poll tick, until it changes or the dir is fixed).
+    unusable: HashMap<String, String>,
 }
 
 /// Signals, turned into flags plus a wake-up byte on a socket the event
@@ -476,6 +484,7 @@ pub fn run(cfg: Config, overrides: Overrides) -> Result<()> {
         starting: None,
         metrics: Default::default(),
         tallied: (0, 0, 0),
+        unusable: HashMap::new(),
     };
     d.engine.track_echoes(d.watcher.is_some());
     // Watches are in place before the scan, so nothing slips between them.
@@ -758,15 +767,20 @@ impl Daemon {
                     Kind::Removed => {
                         self.engine.take_echo(key.0, &key.1);
                         self.settler.forget(&key);
+                        self.ready.forget(&key);
                     }
                     Kind::MovedIn => {
                         self.engine.host_holds(key.0, &key.1);
                         self.settler.forget(&key);
-                        self.ready.push(key);
+                        // Complete at once: the file renamed in, no other.
+                        let id = self.stat_now(&key).map(|st| st.id());
+                        self.ready.push(key, id);
                     }
                     Kind::Created | Kind::ClosedWrite => {
                         let created = kind == Kind::Created;
                         if created {
+                            // A new file under a name queued as complete.
+                            self.ready.forget(&key);
                             self.engine.host_holds(key.0, &key.1);
                         }
                         let Some(st) = self.engine.changed(host, &key.1, created) else {
@@ -795,6 +809,7 @@ impl Daemon {
         match self.engine.layout.reopen_host(i) {
             Ok(how) => {
                 let h = &self.engine.layout.hosts[i];
+                self.unusable.remove(&h.name);
                 tracing::warn!(host = %h.name, path = %quote::path(&h.path), how = ?how,
                     "host dir vanished or was replaced; now watching the new one");
                 if let Some(w) = self.watcher.as_mut()
@@ -807,14 +822,24 @@ impl Daemon {
                 self.rescan = true;
                 self.engine.retry_now();
             }
-            Err(e) => tracing::error!(error = %e, "host dir unusable; will try again"),
+            Err(e) => {
+                let (name, e) = (self.engine.layout.hosts[i].name.clone(), e.to_string());
+                if self.unusable.get(&name) != Some(&e) {
+                    tracing::error!(error = %e, "host dir unusable; will try again");
+                    self.unusable.insert(name, e);
+                }
+            }
         }
     }
 
     /// What the file looks like now (`None`: gone or unreadable).
-    fn stamp_now(&self, (host, name): &settle::Key) -> Option<Stamp> {
+    fn stamp_now(&self, key: &settle::Key) -> Option<Stamp> {
+        self.stat_now(key).map(|st| Stamp::of(&st))
+    }
+
+    fn stat_now(&self, (host, name): &settle::Key) -> Option<fsops::FileStat> {
         let dir = self.engine.layout.hosts.get(*host)?.fd();
-        fsops::stat_at(dir, name).ok().map(|st| Stamp::of(&st))
+        fsops::stat_at(dir, name).ok()
     }
 
     /// Settles due files, distributes complete ones, retries, rescans.
@@ -831,7 +856,8 @@ impl Daemon {
         }
         let now = Instant::now();
         for key in self.settler.due(now) {
-            let stamp = self.stamp_now(&key);
+            let st = self.stat_now(&key);
+            let stamp = st.as_ref().map(Stamp::of);
             // Unchanged for the settle time: complete only when nobody has
             // it open for writing any more (asked with a read lease).
             let probe = self.settler.probes_writers();
@@ -844,15 +870,16 @@ impl Daemon {
                 self.no_leases(e);
             }
             if verdict == Verdict::Complete {
-                self.ready.push(key);
+                // The generation that stayed unchanged is the one linked.
+                self.ready.push(key, st.map(|st| st.id()));
             }
         }
         // One round of arrivals, then back to the event queue.
         let round = Instant::now();
         while round.elapsed() < ROUND
-            && let Some((host, name)) = self.ready.pop()
+            && let Some(((host, name), id)) = self.ready.pop()
         {
-            self.arrive(host, name);
+            self.arrive(host, name, id);
         }
         if let Some(t) = self.next_poll
             && t <= now
@@ -902,11 +929,11 @@ impl Daemon {
         }
     }
 
-    fn arrive(&mut self, host: usize, name: OsString) {
+    fn arrive(&mut self, host: usize, name: OsString, id: Option<fsops::FileId>) {
         if host >= self.engine.layout.hosts.len() {
             return;
         }
-        let arrived = self.engine.arrive(host, &name);
+        let arrived = self.engine.arrive_as(host, &name, id);
         if matches!(arrived, Ok(Arrival::Distributed))
             && let Some(p) = self.poller.as_mut()
         {
@@ -922,6 +949,14 @@ impl Daemon {
             Ok(Arrival::Skipped(why)) => tracing::debug!(
                 host = %self.engine.layout.hosts[host].name, name = %quote::name(&name), why, "not a candidate"),
             Ok(Arrival::Known | Arrival::Gone) => {}
+            Ok(Arrival::Replaced) => {
+                tracing::debug!(host = %self.engine.layout.hosts[host].name, name = %quote::name(&name),
+                    "replaced since found complete; settling the new file");
+                let key = (host, name);
+                if let Some(stamp) = self.stamp_now(&key) {
+                    self.settler.note(key, Seen::Scanned, stamp, Instant::now());
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "will look again after the settle time");
                 let key = (host, name);
@@ -965,6 +1000,8 @@ impl Daemon {
             .iter()
             .map(|h| h.name.clone())
             .collect();
+        // The dirs linked into are fsynced by their index: before it changes.
+        self.engine.sync_links();
         let map = match self.engine.layout.set_hosts(&new.hosts) {
             Ok(m) => m,
             Err(e) => {
@@ -978,7 +1015,16 @@ impl Daemon {
             }
         }
         self.engine.hosts_changed();
-        self.settler.remap_hosts(|h| map.get(h).copied().flatten());
+        // Every key naming a host by its index follows the new numbering.
+        let remap = |h: usize| map.get(h).copied().flatten();
+        self.settler.remap_hosts(remap);
+        self.ready.remap_hosts(remap);
+        if let Some((young, _)) = self.starting.as_mut() {
+            *young = std::mem::take(young)
+                .into_iter()
+                .filter_map(|(h, n)| remap(h).map(|nh| (nh, n)))
+                .collect();
+        }
         self.engine.filter = filter;
         self.engine.dedupe = new.dedupe;
         self.settler.set_settle(new.settle);

@@ -17,7 +17,9 @@
 //!   a file with a writer is looked at again after another settle time;
 //! - removed or renamed away: forgotten.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+
+use crate::fsops::FileId;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
@@ -255,37 +257,73 @@ impl Settler {
 /// Files known complete, waiting to be distributed: first come, first
 /// served, each key once. The daemon takes them a round at a time so that
 /// it goes back to reading inotify between rounds (a burst of arrivals and
-/// the events of its own links must not overflow the kernel queue).
+/// the events of its own links must not overflow the kernel queue). Each
+/// key carries the generation found complete (when known): the name may
+/// hold another file by the time it is distributed (replaced, its dir
+/// swapped), and only the one found complete may be linked.
 #[derive(Debug, Default)]
 pub struct Ready {
     queue: VecDeque<Key>,
-    queued: HashSet<Key>,
+    queued: HashMap<Key, Option<FileId>>,
 }
 
 impl Ready {
-    pub fn push(&mut self, key: Key) {
-        if self.queued.insert(key.clone()) {
-            self.queue.push_back(key);
+    pub fn push(&mut self, key: Key, id: Option<FileId>) {
+        match self.queued.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                // The newer look wins.
+                e.insert(id);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.queue.push_back(e.key().clone());
+                e.insert(id);
+            }
         }
     }
 
-    pub fn pop(&mut self) -> Option<Key> {
-        let key = self.queue.pop_front()?;
-        self.queued.remove(&key);
-        Some(key)
+    pub fn pop(&mut self) -> Option<(Key, Option<FileId>)> {
+        loop {
+            let key = self.queue.pop_front()?;
+            // A key forgotten since it was queued is skipped.
+            if let Some(id) = self.queued.remove(&key) {
+                return Some((key, id));
+            }
+        }
+    }
+
+    /// The name was removed or created anew since it was queued: what was
+    /// found complete is no longer there.
+    pub fn forget(&mut self, key: &Key) {
+        self.queued.remove(key);
     }
 
     /// Whether `key` waits to be distributed.
     pub fn contains(&self, key: &Key) -> bool {
-        self.queued.contains(key)
+        self.queued.contains_key(key)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queued.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queued.len()
+    }
+
+    /// The host dirs were renumbered (a reload): each queued key follows
+    /// its host; a removed host's are dropped. Never left as they were: an
+    /// index now naming another host would take its file as complete.
+    pub fn remap_hosts(&mut self, map: impl Fn(usize) -> Option<usize>) {
+        let old = std::mem::take(&mut self.queue);
+        let mut ids = std::mem::take(&mut self.queued);
+        for key in old {
+            let Some(id) = ids.remove(&key) else {
+                continue;
+            };
+            if let Some(nh) = map(key.0) {
+                self.push((nh, key.1), id);
+            }
+        }
     }
 }
 
@@ -453,13 +491,13 @@ mod tests {
         let mut r = Ready::default();
         assert!(r.is_empty());
         for key in [k(1, "b"), k(0, "z"), k(1, "b"), k(0, "a"), k(0, "z")] {
-            r.push(key);
+            r.push(key, None);
         }
         assert_eq!(r.len(), 3);
-        assert_eq!(r.pop(), Some(k(1, "b")));
+        assert_eq!(r.pop(), Some((k(1, "b"), None)));
         // Taken, then reported again: queued again, behind the others.
-        r.push(k(1, "b"));
-        let order: Vec<Key> = std::iter::from_fn(|| r.pop()).collect();
+        r.push(k(1, "b"), None);
+        let order: Vec<Key> = std::iter::from_fn(|| r.pop().map(|(k, _)| k)).collect();
         assert_eq!(order, vec![k(0, "z"), k(0, "a"), k(1, "b")]);
         assert!(r.is_empty());
     }

@@ -358,6 +358,33 @@ impl Record {
     }
 }
 
+/// Drops what this machine's page cache holds of the record's files, now
+/// that the lock is held: on a filesystem shared between machines
+/// (CephFS), pages read here earlier (a `run --check`, a `status`, a
+/// standby's start-up check) may predate the commits another machine's
+/// daemon made since, and a record read from them forgets what it
+/// distributed — its prunes would be undone.
+fn drop_cached_pages(dir: &StateDir) {
+    for name in [DB_NAME, DB_JOURNAL_NAME, JOURNAL_NAME] {
+        if let Ok(fd) = nix::fcntl::openat(
+            dir.fd(),
+            name,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | nix::fcntl::OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            let _ = nix::fcntl::posix_fadvise(
+                &fd,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+        }
+    }
+}
+
 /// Runs a query and collects its rows.
 fn rows<T>(
     conn: &Connection,
@@ -870,6 +897,7 @@ impl Store {
 
     fn open_locked(dir: StateDir, lock: crate::statedir::Lock) -> Result<Store> {
         startup::check_files(&dir)?;
+        drop_cached_pages(&dir);
         let path = dir.path.join(DB_NAME);
         let conn = Connection::open_with_flags(
             &path,

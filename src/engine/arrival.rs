@@ -10,7 +10,7 @@ use nix::errno::Errno;
 
 use super::{Arrival, Engine, Mode, ineligible};
 use crate::error::FileError;
-use crate::fsops::{self, FileStat};
+use crate::fsops::{self, FileId, FileStat};
 
 impl Engine {
     /// Starts (or stops) remembering the links made, so that the watcher
@@ -96,6 +96,18 @@ impl Engine {
 
     /// A file completed in `host` (renamed in, or written and settled).
     pub fn arrive(&mut self, host: usize, name: &OsStr) -> std::result::Result<Arrival, FileError> {
+        self.arrive_as(host, name, None)
+    }
+
+    /// [`Engine::arrive`] of the generation `expect` found complete: if
+    /// the name now holds another file, nothing is linked
+    /// ([`Arrival::Replaced`]).
+    pub fn arrive_as(
+        &mut self,
+        host: usize,
+        name: &OsStr,
+        expect: Option<FileId>,
+    ) -> std::result::Result<Arrival, FileError> {
         if !self.filter.is_candidate(name) {
             return Ok(Arrival::Skipped("ignored name"));
         }
@@ -108,6 +120,9 @@ impl Engine {
         let st = fsops::stat_fd(fd.as_fd()).map_err(|e| self.ferr(host, name, "stat", e))?;
         if let Some(why) = ineligible(&st) {
             return Ok(Arrival::Skipped(why));
+        }
+        if expect.is_some_and(|id| id != st.id()) {
+            return Ok(Arrival::Replaced);
         }
         if self.store.is_known(name, st.id()) {
             if self.is_aside(name, &st) {

@@ -84,6 +84,10 @@ pub enum Arrival {
     Known,
     /// Distributed now.
     Distributed,
+    /// The name holds another file than the one found complete (replaced,
+    /// or its host dir swapped, since): nothing was linked; the caller
+    /// settles the new one.
+    Replaced,
 }
 
 /// A point in the middle of converging a name where the scenario tests
@@ -296,6 +300,14 @@ impl Engine {
         if self.dry_run {
             return Ok(());
         }
+        self.sync_links();
+        self.store.commit()
+    }
+
+    /// Makes the links made so far durable (fsyncs the host dirs linked
+    /// into). Done before the host dirs are renumbered (a reload): the dirs
+    /// to fsync are known by their index.
+    pub fn sync_links(&mut self) {
         let dirs: Vec<&crate::layout::HostDir> = std::mem::take(&mut self.touched)
             .into_iter()
             .filter_map(|h| self.layout.hosts.get(h))
@@ -320,7 +332,6 @@ impl Engine {
                 }
             });
         }
-        self.store.commit()
     }
 }
 
