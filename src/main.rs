@@ -307,37 +307,30 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode, ExitCode> {
             src,
             tuning,
             poll,
-            check: true,
-            ..
-        } => {
-            let (cfg, _) = load(src.overrides(Some(&tuning), poll))?;
-            match daemon::check(&cfg) {
-                Ok(found) => {
-                    println!(
-                        "distlink: start-up checks passed: root {}, {} hosts, record {} ({})",
-                        distlink::quote::path(&cfg.root),
-                        cfg.hosts.len(),
-                        distlink::quote::path(&found.path),
-                        if found.initialized {
-                            "in use"
-                        } else {
-                            "a fresh start would create it"
-                        }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
-        }
-        Cmd::Run {
-            src,
-            tuning,
-            poll,
+            check,
             standby,
-            ..
         } => {
             let (mut cfg, ov) = load(src.overrides(Some(&tuning), poll))?;
             cfg.standby |= standby;
+            if check {
+                return Ok(match daemon::check(&cfg) {
+                    Ok(found) => {
+                        println!(
+                            "distlink: start-up checks passed: root {}, {} hosts, record {} ({})",
+                            distlink::quote::path(&cfg.root),
+                            cfg.hosts.len(),
+                            distlink::quote::path(&found.path),
+                            if found.initialized {
+                                "in use"
+                            } else {
+                                "a fresh start would create it"
+                            }
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                });
+            }
             match daemon::run(cfg, ov) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),

@@ -226,12 +226,8 @@ fn a_keep_list_with_a_byte_order_mark_keeps_its_first_name() {
 /// record's files but not open the state dir itself.
 #[test]
 fn a_state_group_member_cannot_take_the_state_lock() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
-            "this test needs root (setpriv)"
-        );
-        eprintln!("skipped: needs root (setpriv)");
+    // Needs root: setpriv.
+    if !startup::need_root() {
         return;
     }
     let mut env = Env::new(&["a", "b"]);
@@ -303,12 +299,8 @@ fn a_state_group_member_cannot_take_the_state_lock() {
 /// the state dir's own device counts.
 #[test]
 fn a_lock_on_another_filesystems_file_with_the_state_dirs_inode_number_is_not_the_daemon() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
-            "this test needs root (mount, setpriv)"
-        );
-        eprintln!("skipped: needs root (mount, setpriv)");
+    // Needs root: mount, setpriv.
+    if !startup::need_root() {
         return;
     }
     let mut env = Env::new(&["a", "b"]);
@@ -378,12 +370,8 @@ fn scopeguard(dir: &Path) -> impl Drop + '_ {
 /// (the filesystem's device is read from the mount's line in mountinfo).
 #[test]
 fn the_daemons_lock_on_a_state_dir_in_a_btrfs_subvolume_is_found() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
-            "this test needs root (a loop mount)"
-        );
-        eprintln!("skipped: needs root (a loop mount)");
+    // Needs root: a loop mount.
+    if !startup::need_root() {
         return;
     }
     if !tools::have("mkfs.btrfs", "btrfs-progs") || !tools::have("btrfs", "btrfs-progs") {
@@ -482,12 +470,8 @@ fn a_metrics_path_inside_the_root_is_never_written_there() {
 /// as another filesystem: refused without `--copy`, copied with it.
 #[test]
 fn a_from_on_another_mount_of_the_same_filesystem_needs_copy_and_then_copies() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
-            "this test needs root (a bind mount)"
-        );
-        eprintln!("skipped: needs root (a bind mount)");
+    // Needs root: a bind mount.
+    if !startup::need_root() {
         return;
     }
     let mut env = Env::new(&["a", "b"]);
@@ -651,12 +635,8 @@ fn a_metrics_path_in_the_state_dir_never_replaces_the_record() {
 /// parent for reading and failed with EACCES. It only needs to search.
 #[test]
 fn the_from_check_climbs_through_a_dir_it_may_only_search() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("DISTLINK_REQUIRE_TOOLS").is_none(),
-            "this test needs root (setpriv)"
-        );
-        eprintln!("skipped: needs root (setpriv)");
+    // Needs root: setpriv.
+    if !startup::need_root() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
