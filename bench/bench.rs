@@ -191,6 +191,19 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 }
 
 /// A root with `n` empty host dirs h0..h{n-1}.
+/// `names` files (0..4 KiB) written into the first host dir and hard-linked
+/// into every other: a tree where everything is already distributed.
+fn fill_linked(root: &Path, hs: &[String], names: usize) {
+    for i in 0..names {
+        let n = format!("distfile-{i:06}.tar.gz");
+        let p = root.join(&hs[0]).join(&n);
+        fs::write(&p, vec![b'x'; i % 4096]).expect("write");
+        for h in &hs[1..] {
+            fs::hard_link(&p, root.join(h).join(&n)).expect("link");
+        }
+    }
+}
+
 fn tree(base: &Path, tag: &str, n: usize) -> (PathBuf, Vec<String>) {
     let root = base.join(tag);
     let _ = fs::remove_dir_all(&root);
@@ -646,14 +659,7 @@ fn reconcile(o: &Opts) -> String {
     let mut t =
         format!("\n## 5 and 7. Start-up reconcile and memory: {names} files × {hosts} hosts\n\n");
     let (root, hs) = tree(&o.dir, "big", hosts);
-    for i in 0..names {
-        let n = format!("distfile-{i:06}.tar.gz");
-        let p = root.join(&hs[0]).join(&n);
-        fs::write(&p, vec![b'x'; i % 4096]).expect("write");
-        for h in &hs[1..] {
-            fs::hard_link(&p, root.join(h).join(&n)).expect("link");
-        }
-    }
+    fill_linked(&root, &hs, names);
     let hosts_args = |extra: Option<&str>| {
         let mut v: Vec<String> = vec![
             "--root".into(),
@@ -942,14 +948,7 @@ fn poll(o: &Opts) -> String {
         "\n## 8. Poll mode: idle tick cost at {names} files × {hosts} hosts, and latency\n\n"
     );
     let (root, hs) = tree(&o.dir, "poll", hosts);
-    for i in 0..names {
-        let n = format!("distfile-{i:06}.tar.gz");
-        let p = root.join(&hs[0]).join(&n);
-        fs::write(&p, vec![b'x'; i % 4096]).expect("write");
-        for h in &hs[1..] {
-            fs::hard_link(&p, root.join(h).join(&n)).expect("link");
-        }
-    }
+    fill_linked(&root, &hs, names);
     let mut adopt = Command::new(bin());
     adopt.arg("sync").arg("--adopt").arg("--root").arg(&root);
     adopt.arg("--state-dir").arg(state_of(&root));
