@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 /// A standby is the daemon that must work at failover time: a standby
 /// that could never take over must say so when it is started, not wait for
 /// the lock and then refuse at the moment it is needed.
+/// `n` complete files named by `name`, written under the root's `.stage`
+/// (a dot name: not a candidate), ready to be renamed into a host at once.
+fn staged_burst(env: &Env, n: usize, name: impl Fn(usize) -> String) -> std::path::PathBuf {
+    let stage = env.root.join(".stage");
+    std::fs::create_dir(&stage).unwrap();
+    for i in 0..n {
+        std::fs::write(stage.join(name(i)), format!("b's complete file {i}")).unwrap();
+    }
+    stage
+}
+
 #[test]
 fn a_standby_given_another_root_than_the_record_describes_is_refused_before_it_waits() {
     let env = Env::new(&["a", "b"]);
@@ -161,11 +172,7 @@ fn a_reload_that_removes_a_host_never_takes_a_queued_arrival_for_another_hosts_f
         writing.push(f);
     }
     // b's downloads, staged in the root, renamed in at once (complete).
-    let stage = env.root.join(".stage");
-    std::fs::create_dir(&stage).unwrap();
-    for i in 0..N {
-        std::fs::write(stage.join(name(i)), format!("b's complete file {i}")).unwrap();
-    }
+    let stage = staged_burst(&env, N, name);
     let _ = conf("\"b\", \"c\", \"d\"");
     for i in 0..N {
         std::fs::rename(stage.join(name(i)), env.path("b", name(i))).unwrap();
@@ -204,11 +211,7 @@ fn a_host_dir_replaced_while_its_arrivals_wait_never_distributes_the_new_dirs_ha
     let d = env.start();
     const N: usize = 1500;
     let name = |i: usize| format!("burst-{i:05}.tar.gz");
-    let stage = env.root.join(".stage");
-    std::fs::create_dir(&stage).unwrap();
-    for i in 0..N {
-        std::fs::write(stage.join(name(i)), format!("b's complete file {i}")).unwrap();
-    }
+    let stage = staged_burst(&env, N, name);
     // The new dir, made ready beside (a dot name: not a candidate).
     let new = env.root.join(".b.new");
     std::fs::create_dir(&new).unwrap();
@@ -263,11 +266,7 @@ fn a_queued_arrival_replaced_by_a_file_being_written_is_not_linked() {
     let _d = env.start();
     const N: usize = 1500;
     let name = |i: usize| format!("burst-{i:05}.tar.gz");
-    let stage = env.root.join(".stage");
-    std::fs::create_dir(&stage).unwrap();
-    for i in 0..N {
-        std::fs::write(stage.join(name(i)), format!("b's complete file {i}")).unwrap();
-    }
+    let stage = staged_burst(&env, N, name);
     for i in 0..N {
         std::fs::rename(stage.join(name(i)), env.path("b", name(i))).unwrap();
     }
