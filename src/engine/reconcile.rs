@@ -519,14 +519,4 @@ impl Engine {
         }
         Ok(n)
     }
-
-    /// Whether any host dir holds a candidate (used to refuse guessing when
-    /// there is no record).
-    pub fn any_candidate(&mut self) -> Option<std::path::PathBuf> {
-        let (present, _) = self.scan(false);
-        present
-            .iter()
-            .next()
-            .map(|(n, v)| self.layout.hosts[v[0].0].path.join(n))
-    }
 }
